@@ -1,0 +1,92 @@
+"""`nnunet_ssl` command line: env, preprocess-unlabeled, train, set-inference-weights, demo."""
+import argparse
+import sys
+
+
+def cmd_env(args):
+    import os
+
+    from nnunet_ssl.paths import trainers_folder
+
+    print(f"export nnUNet_extTrainer={trainers_folder()}")
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        if not os.environ.get(var):
+            print(f"# note: {var} is not set (nnU-Net needs it)", file=sys.stderr)
+
+
+def cmd_preprocess_unlabeled(args):
+    from nnunet_ssl.unlabeled import preprocess_unlabeled
+
+    preprocess_unlabeled(args.d, args.c, args.p, args.np, overwrite=args.overwrite)
+
+
+def cmd_set_inference_weights(args):
+    from nnunet_ssl.checkpoints import model_checkpoints, set_inference_weights
+
+    for f in model_checkpoints(args.d, args.c, args.tr, args.f, args.p, args.chk):
+        previous = set_inference_weights(f, args.use)
+        print(f"{f}: inference weights {previous} -> {args.use}")
+
+
+def cmd_train(args):
+    from nnunet_ssl.train import main as train_main
+
+    train_main(args.rest)
+
+
+def cmd_demo(args):
+    from nnunet_ssl.demo import run_demo
+
+    run_demo(args.out, args.epochs, args.iters, args.device, args.dim)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="nnunet_ssl", description="Semi-supervised training for nnU-Net v2")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("env", help="print the nnUNet_extTrainer setting that lets nnU-Net find the trainers "
+                                   "(use: eval \"$(nnunet_ssl env)\")")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("preprocess-unlabeled", help="preprocess imagesUnlabeled/ with the dataset's plans")
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], help="configurations (default: 2d 3d_fullres)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
+    p.add_argument("-np", type=int, default=4, help="worker processes")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if the pool is up to date")
+    p.set_defaults(func=cmd_preprocess_unlabeled)
+
+    p = sub.add_parser("set-inference-weights", help="make nnUNetv2_predict use the student or the EMA teacher")
+    p.add_argument("-d", required=True)
+    p.add_argument("-c", required=True)
+    p.add_argument("-tr", required=True)
+    p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"])
+    p.add_argument("-p", default="nnUNetPlans")
+    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("--use", choices=["teacher", "student"], required=True)
+    p.set_defaults(func=cmd_set_inference_weights)
+
+    p = sub.add_parser("train", help="nnUNetv2_train with an explicit length (epochs x iterations), any trainer",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs Mean Teacher table")
+    p.add_argument("--out", default="nnunet_ssl_demo", help="folder for raw/preprocessed/results")
+    p.add_argument("--dim", type=int, choices=[2, 3], default=2)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--iters", type=int, default=25, help="iterations per epoch")
+    p.add_argument("-device", "--device", default="cpu")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    from nnunet_ssl.unlabeled import UnlabeledPoolError
+    try:
+        args.func(args)
+    except UnlabeledPoolError as e:
+        print(f"nnunet_ssl: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Synthetic semi-supervised datasets (no download): few labeled, many unlabeled, a labeled test set.
+
+2D: RGB PNG "lesions" (nnU-Net's natural-image convention, like PH2/ISIC): a dark lesion (label 1) with
+a darker core (label 2) on textured skin, plus unlabeled distractor blobs of another colour.
+3D: single-channel NIfTI volumes with a bright ellipsoid (label 1) and a core (label 2) in noise.
+"""
+import json
+import os
+import shutil
+import uuid
+
+import numpy as np
+
+
+def _smooth_noise(rng, shape, scale):
+    from scipy.ndimage import gaussian_filter
+    return gaussian_filter(rng.standard_normal(shape), scale)
+
+
+def _ellipse(shape, center, radii, angle=0.0):
+    grids = np.meshgrid(*[np.arange(s) - c for s, c in zip(shape, center)], indexing="ij")
+    if len(shape) == 2:
+        y, x = grids
+        ca, sa = np.cos(angle), np.sin(angle)
+        grids = [ca * y + sa * x, -sa * y + ca * x]
+    return sum((g / r) ** 2 for g, r in zip(grids, radii)) <= 1.0
+
+
+def make_case_2d(rng, size=64):
+    skin = np.array([200, 150, 130], float) + rng.normal(0, 10, 3)
+    img = np.ones((size, size, 3)) * skin + 25 * _smooth_noise(rng, (size, size, 1), 3) * rng.uniform(0.5, 1.5)
+    seg = np.zeros((size, size), np.uint8)
+    center = rng.uniform(0.3, 0.7, 2) * size
+    radii = rng.uniform(0.12, 0.3, 2) * size
+    lesion = _ellipse((size, size), center, radii, rng.uniform(0, np.pi)) & \
+        (_smooth_noise(rng, (size, size), 4) > -0.15)  # ragged border
+    core = _ellipse((size, size), center, radii * rng.uniform(0.35, 0.6), rng.uniform(0, np.pi)) & lesion
+    lesion_colour = skin * rng.uniform(0.45, 0.7)
+    img[lesion] = 0.5 * img[lesion] + 0.5 * lesion_colour
+    img[core] = img[core] * rng.uniform(0.5, 0.75)
+    seg[lesion] = 1
+    seg[core] = 2
+    for _ in range(rng.integers(0, 3)):  # distractors: same darkness, bluish, not lesion
+        blob = _ellipse((size, size), rng.uniform(0, size, 2), rng.uniform(2, 6, 2)) & (seg == 0)
+        img[blob] = img[blob] * 0.6 + np.array([0, 10, 60])
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), seg
+
+
+def make_case_3d(rng, size=32):
+    shape = (size, size, size)
+    img = 0.3 * _smooth_noise(rng, shape, 2) + rng.normal(0, 0.25, shape)
+    seg = np.zeros(shape, np.uint8)
+    center = rng.uniform(0.35, 0.65, 3) * size
+    radii = rng.uniform(0.15, 0.3, 3) * size
+    organ = _ellipse(shape, center, radii)
+    core = _ellipse(shape, center, radii * 0.45)
+    img[organ] += rng.uniform(0.6, 1.0)
+    img[core] += rng.uniform(0.4, 0.8)
+    seg[organ] = 1
+    seg[core] = 2
+    return (img * 100).astype(np.float32), seg
+
+
+def _write_2d(img, seg, image_file, label_file=None):
+    from PIL import Image
+    Image.fromarray(img).save(image_file)
+    if label_file is not None:
+        Image.fromarray(seg).save(label_file)
+
+
+def _write_3d(img, seg, image_file, label_file=None, spacing=(1.0, 1.0, 1.5)):
+    import SimpleITK as sitk
+    for arr, f in ((img, image_file), (seg, label_file)):
+        if f is None:
+            continue
+        itk = sitk.GetImageFromArray(arr)
+        itk.SetSpacing(spacing)
+        sitk.WriteImage(itk, f)
+
+
+def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "SSLDemo", dim: int = 2,
+                            n_labeled: int = 4, n_unlabeled: int = 40, n_test: int = 10, size: int = None,
+                            seed: int = 0) -> str:
+    """Write DatasetXXX_name into raw_root (atomically) and return its folder."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    tmp = folder + f".tmp-{uuid.uuid4().hex[:8]}"
+    ending = ".png" if dim == 2 else ".nii.gz"
+    make = (lambda: make_case_2d(rng, size or 64)) if dim == 2 else (lambda: make_case_3d(rng, size or 32))
+    write = _write_2d if dim == 2 else _write_3d
+    try:
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
+            os.makedirs(os.path.join(tmp, sub))
+        for i in range(n_labeled):
+            img, seg = make()
+            write(img, seg, os.path.join(tmp, "imagesTr", f"case{i:03d}_0000{ending}"),
+                  os.path.join(tmp, "labelsTr", f"case{i:03d}{ending}"))
+        for i in range(n_test):
+            img, seg = make()
+            write(img, seg, os.path.join(tmp, "imagesTs", f"test{i:03d}_0000{ending}"),
+                  os.path.join(tmp, "labelsTs", f"test{i:03d}{ending}"))
+        for i in range(n_unlabeled):
+            img, _ = make()  # its label is never written
+            write(img, None, os.path.join(tmp, "imagesUnlabeled", f"unl{i:04d}_0000{ending}"))
+        channels = {"0": "R", "1": "G", "2": "B"} if dim == 2 else {"0": "MRI"}
+        dataset_json = {"channel_names": channels, "labels": {"background": 0, "lesion": 1, "core": 2},
+                        "numTraining": n_labeled, "file_ending": ending, "name": name,
+                        "description": f"nnunet_ssl synthetic {dim}D dataset (seed {seed}): {n_labeled} labeled, "
+                                       f"{n_unlabeled} unlabeled, {n_test} test cases"}
+        with open(os.path.join(tmp, "dataset.json"), "w") as f:
+            json.dump(dataset_json, f, indent=1)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+    return folder

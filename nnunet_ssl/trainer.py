@@ -1,0 +1,261 @@
+"""Shared core of every semi-supervised trainer: the unlabeled batch stream, the EMA teacher, the student
+step, SSL logging and checkpoints. A method subclasses `nnUNetTrainerSSL` and writes only `train_step`.
+
+Everything labeled is nnUNetTrainer's own: plans, network, loss (deep supervision), data loaders,
+augmentation, oversampling, validation, prediction.
+"""
+import os
+from contextlib import contextmanager
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from nnunet_ssl.ema import EMATeacher, unwrap
+from nnunet_ssl.schedules import gaussian_rampup
+from nnunet_ssl.unlabeled import check_pool, preprocessed_pool_folder
+
+# Optional training-length overrides for smoke tests and benchmarks run through the stock CLI
+# (nnU-Net's own default is 1000 epochs x 250 iterations). They are written to the training log.
+BUDGET_ENV = {"nnUNet_ssl_epochs": "num_epochs", "nnUNet_ssl_iters": "num_iterations_per_epoch",
+              "nnUNet_ssl_val_iters": "num_val_iterations_per_epoch"}
+
+
+def apply_budget_from_env(trainer: nnUNetTrainer) -> Dict[str, int]:
+    applied = {}
+    for env, attr in BUDGET_ENV.items():
+        if os.environ.get(env):
+            value = int(os.environ[env])
+            if value < 1:
+                raise ValueError(f"{env}={value}: must be >= 1")
+            setattr(trainer, attr, value)
+            applied[attr] = value
+    return applied
+
+
+def split_batch(output, n_first: int):
+    """Split a (deep-supervision list of) batch tensor(s) into the first n_first samples and the rest."""
+    if isinstance(output, (list, tuple)):
+        firsts, rests = zip(*(split_batch(o, n_first) for o in output))
+        return list(firsts), list(rests)
+    return output[:n_first], output[n_first:]
+
+
+class nnUNetTrainerSSL(nnUNetTrainer):
+    """Base class. Class attributes are the method's hyperparameters; subclasses override them."""
+
+    ema_decay: float = 0.99
+    unlabeled_batch_size: int = None  # None: same as the labeled batch (per GPU under DDP)
+    inference_weights: str = "teacher"  # what checkpoint['network_weights'] (-> nnUNetv2_predict) holds
+    ssl_log_keys: Tuple[str, ...] = ()  # per-epoch means of these train_step outputs are logged and printed
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        budget = apply_budget_from_env(self)
+        if budget:
+            self.print_to_log_file(f"Training length from environment: {budget}")
+        if self.inference_weights not in ("teacher", "student"):
+            raise ValueError(f"inference_weights must be 'teacher' or 'student', got {self.inference_weights!r}")
+        self.teacher = None
+        self.dataloader_unlabeled = None
+        self.unlabeled_pool_folder = preprocessed_pool_folder(
+            self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier) \
+            if self.preprocessed_dataset_folder_base is not None else None
+        self.iteration_in_epoch = 0
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        was_initialized = self.was_initialized
+        super().initialize()
+        if not was_initialized:
+            self.teacher = EMATeacher(self.network, self.ema_decay).to(self.device)
+            for key in self.ssl_log_keys:
+                self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    def on_train_start(self):
+        # fail before anything heavy happens when the pool is missing or stale
+        n_unlabeled = check_pool(self.unlabeled_pool_folder, self.plans_manager.plans, self.configuration_name,
+                                 self.plans_manager.dataset_name, self.plans_manager.plans_name)
+        super().on_train_start()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        self.print_to_log_file(f"Unlabeled pool: {n_unlabeled} cases from {self.unlabeled_pool_folder}, "
+                               f"batch size {self.unlabeled_batch_size or self.batch_size}")
+
+    def get_unlabeled_dataloader(self):
+        """Unlabeled batches with nnU-Net's training augmentation, drawn uniformly from the pool.
+
+        Each process draws its own random cases (DDP ranks included: nnU-Net does not seed the samplers),
+        and the batch size is per process, like the labeled batch under DDP."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, self._get_deep_supervision_scales(), mirror_axes,
+            dummy_2d, use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        dataset = nnUNetDatasetBlosc2(self.unlabeled_pool_folder)  # the format preprocess-unlabeled writes
+        loader = nnUNetDataLoader(dataset, self.unlabeled_batch_size or self.batch_size, initial_patch_size,
+                                  self.configuration_manager.patch_size, self.label_manager,
+                                  oversample_foreground_percent=0.0, transforms=transforms)
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, n_proc, max(6, n_proc // 2), None,
+                                            pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+
+    # ------------------------------------------------------------------ the step's building blocks
+    @property
+    def total_iterations(self) -> int:
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    @property
+    def global_iteration(self) -> int:
+        return self.current_epoch * self.num_iterations_per_epoch + self.iteration_in_epoch
+
+    def rampup(self, length_fraction: float) -> float:
+        """Gaussian ramp-up over the first `length_fraction` of all training iterations."""
+        return gaussian_rampup(self.global_iteration, length_fraction * self.total_iterations)
+
+    def autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def labeled_batch(self, batch: dict):
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+        return data, target
+
+    def unlabeled_batch(self) -> torch.Tensor:
+        return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+
+    def student_forward(self, *batches: torch.Tensor) -> List:
+        """One student pass over the concatenated batches, split back per batch. nnU-Net's networks use
+        instance norm, so a joint pass equals separate passes and costs one launch."""
+        output = self.network(torch.cat(batches))
+        outputs = []
+        for b in batches[:-1]:
+            first, output = split_batch(output, b.shape[0])
+            outputs.append(first)
+        return outputs + [output]
+
+    @torch.no_grad()
+    def teacher_probabilities(self, data: torch.Tensor) -> torch.Tensor:
+        """Full-resolution teacher probabilities (softmax, or sigmoid for region training); no graph."""
+        output = self.teacher(data)
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        return self.label_manager.apply_inference_nonlin(output.float())
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.label_manager.apply_inference_nonlin(logits.float())
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """nnU-Net's backward/clip/step (with AMP scaler on CUDA), then the EMA teacher update."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        self.teacher.update(self.network)
+        self.iteration_in_epoch += 1
+
+    # ------------------------------------------------------------------ logging
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.iteration_in_epoch = 0
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        parts = []
+        for key in self.ssl_log_keys:
+            values = np.asarray(outputs[key], dtype=np.float64)
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, values)
+                values = np.concatenate([np.atleast_1d(g) for g in gathered])
+            value = float(np.mean(values))
+            self.logger.log(key, value, self.current_epoch)
+            parts.append(f"{key} {value:.4f}")
+        if parts:
+            self.print_to_log_file(", ".join(parts))
+
+    # ------------------------------------------------------------------ which weights validate and predict
+    @contextmanager
+    def inference_network(self):
+        """Run the block with the inference weights (teacher by default) in self.network."""
+        if self.inference_weights == "student":
+            yield
+            return
+        student_state = {k: v.clone() for k, v in unwrap(self.network).state_dict().items()}
+        unwrap(self.network).load_state_dict(self.teacher.state_dict())
+        try:
+            yield
+        finally:
+            unwrap(self.network).load_state_dict(student_state)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._validation_context = self.inference_network()
+        self._validation_context.__enter__()
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        self._validation_context.__exit__(None, None, None)
+        super().on_validation_epoch_end(val_outputs)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file(f"Final validation with the {self.inference_weights} weights")
+        with self.inference_network():
+            super().perform_actual_validation(save_probabilities)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus student and teacher weights. 'network_weights', the only entry
+        nnUNetv2_predict reads, holds the inference weights (see `nnunet_ssl set-inference-weights`)."""
+        super().save_checkpoint(filename)
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint["student_weights"] = checkpoint["network_weights"]
+        checkpoint["teacher_weights"] = self.teacher.state_dict()
+        checkpoint["network_weights"] = checkpoint[f"{self.inference_weights}_weights"]
+        checkpoint["inference_weights"] = self.inference_weights
+        tmp = filename + ".tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if "teacher_weights" not in checkpoint:
+            raise RuntimeError("checkpoint has no teacher weights: it was not written by a nnunet_ssl trainer")
+        unwrap(self.network).load_state_dict(checkpoint["student_weights"])
+        self.teacher.load_state_dict(checkpoint["teacher_weights"])
+        for key in self.ssl_log_keys:
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])

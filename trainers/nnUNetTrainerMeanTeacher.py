@@ -1,0 +1,36 @@
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017) inside nnU-Net.
+
+    L = L_sup(f_theta(x_l), y_l) + w(t) * || softmax f_theta(x_u) - softmax f_theta'(x_u + xi) ||^2
+    theta'_t = a theta'_{t-1} + (1 - a) theta_t,        w(t) = w_max * exp(-5 (1 - t/T)^2)
+
+L_sup is nnU-Net's Dice + CE with deep supervision; x_u is an nnU-Net-augmented unlabeled batch, xi is
+Gaussian noise, so teacher and student see differently perturbed views of the same voxels.
+"""
+import torch
+
+from nnunet_ssl.losses import consistency_mse
+from nnunet_ssl.perturbations import gaussian_noise
+from nnunet_ssl.trainer import nnUNetTrainerSSL
+
+
+class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
+    ema_decay = 0.99
+    consistency_weight = 0.1  # w_max, as in the UA-MT / SSL4MIS reference code
+    consistency_rampup = 0.25  # T as a fraction of all training iterations
+    noise_std, noise_clip = 0.1, 0.2
+    ssl_log_keys = ("sup_loss", "consistency_loss", "consistency_weight")
+
+    def train_step(self, batch: dict) -> dict:
+        x_l, y_l = self.labeled_batch(batch)
+        x_u = self.unlabeled_batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            p_teacher = self.teacher_probabilities(gaussian_noise(x_u, self.noise_std, self.noise_clip))
+            out_l, out_u = self.student_forward(x_l, x_u)
+            sup_loss = self.loss(out_l, y_l)
+            consistency = consistency_mse(self.probabilities(out_u[0]), p_teacher)
+            weight = self.consistency_weight * self.rampup(self.consistency_rampup)
+            loss = sup_loss + weight * consistency
+        self.optimize(loss)
+        return {"loss": loss.detach().cpu().numpy(), "sup_loss": sup_loss.detach().cpu().numpy(),
+                "consistency_loss": consistency.detach().cpu().numpy(), "consistency_weight": weight}
