@@ -162,11 +162,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def teacher_probabilities(self, data: torch.Tensor) -> torch.Tensor:
         """Full-resolution teacher probabilities (softmax, or sigmoid for region training); no graph."""
         output = self.teacher(data)
-        output = output[0] if isinstance(output, (list, tuple)) else output
-        return self.label_manager.apply_inference_nonlin(output.float())
+        return self.probabilities(output[0] if isinstance(output, (list, tuple)) else output)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.label_manager.apply_inference_nonlin(logits.float())
+        """Softmax over classes, or sigmoid for region training. Not LabelManager.apply_inference_nonlin:
+        that one runs under no_grad and would silently cut the student's gradient."""
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
     def optimize(self, loss: torch.Tensor) -> None:
         """nnU-Net's backward/clip/step (with AMP scaler on CUDA), then the EMA teacher update."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny synthetic datasets planned and preprocessed with the real nnU-Net CLIs."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_ssl.paths import trainers_folder
+from nnunet_ssl.synthetic import write_synthetic_dataset
+
+CPU_ENV = {"nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "0",
+           "nnUNet_ssl_epochs": "2", "nnUNet_ssl_iters": "3", "nnUNet_ssl_val_iters": "1",
+           "OMP_NUM_THREADS": "2"}
+
+
+@pytest.fixture(scope="session")
+def nnunet_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnunet")
+    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+           "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": trainers_folder(), **CPU_ENV}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def run_cli(*cmd, env=None, check=True):
+    """Run a real CLI; on failure show its output."""
+    full_env = {**os.environ, **(env or {})}
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
+                             f"{r.stderr[-4000:]}")
+    return r
+
+
+def nnunet_ssl_cli(*args, **kw):
+    return run_cli(sys.executable, "-m", "nnunet_ssl.cli", *args, **kw)
+
+
+def prepare(nnunet_env, dataset_id, dim, configuration, pool=True, **kw):
+    folder = write_synthetic_dataset(nnunet_env["nnUNet_raw"], dataset_id, f"T{dim}D", dim=dim, **kw)
+    # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+    run_cli("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", configuration, "-np", "2",
+            "--verify_dataset_integrity", env={"nnUNet_n_proc_DA": "1"})
+    if pool:
+        nnunet_ssl_cli("preprocess-unlabeled", "-d", dataset_id, "-c", configuration, "-np", "2")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def dataset_2d(nnunet_env):
+    """5 labeled (enough for nnU-Net's 5 folds), 6 unlabeled, 2 test RGB PNG cases, 48x48."""
+    return prepare(nnunet_env, 801, 2, "2d", n_labeled=5, n_unlabeled=6, n_test=2, size=48)
+
+
+@pytest.fixture(scope="session")
+def dataset_3d_no_pool(nnunet_env):
+    """3D NIfTI, planned and preprocessed, unlabeled pool NOT preprocessed yet."""
+    return prepare(nnunet_env, 802, 3, "3d_fullres", pool=False, n_labeled=5, n_unlabeled=4, n_test=2, size=24)

@@ -1,0 +1,152 @@
+"""nnUNetTrainerMeanTeacher: the step, its gradients, checkpoints, and the stock nnU-Net CLIs end to end."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import nnunet_ssl_cli, run_cli
+
+MT = "nnUNetTrainerMeanTeacher"
+
+
+def make_trainer(name, dataset="801", configuration="2d", fold=0):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    return get_trainer_from_args(dataset, configuration, fold, name, "nnUNetPlans", device=torch.device("cpu"))
+
+
+def _clone(batch):
+    return {k: ([t.clone() for t in v] if isinstance(v, list) else v.clone() if torch.is_tensor(v) else v)
+            for k, v in batch.items()}
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_consistency_term_trains_student_and_never_teacher(dataset_2d):
+    torch.manual_seed(0)
+    trainer = make_trainer(MT)
+    trainer.on_train_start()
+    trainer.consistency_weight, trainer.consistency_rampup = 1.0, 0.0  # full weight from step 0
+    # make teacher and student differ, as after some training, and isolate the unsupervised term
+    trainer.teacher.update(trainer.network)
+    with torch.no_grad():
+        for p in trainer.network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.loss = lambda output, target: 0.0 * output[0].sum()
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert out["consistency_loss"] > 0 and out["sup_loss"] == 0
+    student_grad = sum(p.grad.abs().sum().item() for p in trainer.network.parameters() if p.grad is not None)
+    assert student_grad > 0
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
+    trainer.on_train_end()
+
+
+def test_zero_consistency_weight_behaves_like_nnunet_trainer(dataset_2d):
+    torch.manual_seed(0)
+    baseline = make_trainer("nnUNetTrainer")
+    baseline.initialize()
+    mt = make_trainer(MT)
+    mt.on_train_start()
+    mt.consistency_weight = 0.0
+    mt.network.load_state_dict(baseline.network.state_dict())
+    batch = next(mt.dataloader_train)
+    out_base = baseline.train_step(_clone(batch))
+    out_mt = mt.train_step(_clone(batch))
+    assert float(out_mt["loss"]) == pytest.approx(float(out_base["loss"]), rel=1e-5)
+    for (name, p_base), p_mt in zip(baseline.network.named_parameters(), mt.network.parameters()):
+        torch.testing.assert_close(p_mt, p_base, rtol=1e-4, atol=1e-6, msg=name)
+    mt.on_train_end()
+
+
+def test_checkpoint_restores_student_teacher_and_ssl_log(dataset_2d, tmp_path):
+    torch.manual_seed(0)
+    trainer = make_trainer(MT)
+    trainer.on_train_start()
+    for _ in range(2):
+        trainer.train_step(next(trainer.dataloader_train))
+    trainer.logger.log("sup_loss", 0.5, 0)
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    student, teacher = _state(trainer.network), _state(trainer.teacher)
+    trainer.on_train_end()
+    assert any(not torch.equal(student[k], teacher[k]) for k in student)
+
+    restored = make_trainer(MT)
+    restored.load_checkpoint(path)
+    for k in student:
+        torch.testing.assert_close(restored.network.state_dict()[k], student[k])
+        torch.testing.assert_close(restored.teacher.state_dict()[k], teacher[k])
+    assert restored.logger.get_value("sup_loss", None) == [0.5]
+    checkpoint = torch.load(path, weights_only=False)
+    assert checkpoint["inference_weights"] == "teacher"
+    for k in teacher:
+        torch.testing.assert_close(checkpoint["network_weights"][k], teacher[k])
+
+
+def _model_folder(nnunet_env, dataset, configuration, fold):
+    return os.path.join(nnunet_env["nnUNet_results"], dataset, f"{MT}__nnUNetPlans__{configuration}", f"fold_{fold}")
+
+
+def _latest_log(folder):
+    return open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
+
+
+def test_cli_train_resume_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
+    r = run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", MT, "-device", "cpu")
+    folder = _model_folder(nnunet_env, "Dataset801_T2D", "2d", 0)
+    log = _latest_log(folder)
+    assert "sup_loss" in log and "consistency_loss" in log and "consistency_weight" in log
+    assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
+    assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+
+    # --c with a longer schedule continues at epoch 2 with the restored teacher
+    r = run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", MT, "-device", "cpu", "--c",
+                env={"nnUNet_ssl_epochs": "3"})
+    log = _latest_log(folder)
+    assert "Epoch 2" in log and "Epoch 0" not in log
+    checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
+    assert checkpoint["current_epoch"] == 3 and len(checkpoint["logging"]["consistency_loss"]) == 3
+
+    r = run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", MT, "-device", "cpu", "--val")
+    assert "Final validation with the teacher weights" in _latest_log(folder)
+
+    out = tmp_path / "pred"
+    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
+            "-f", "0", "-tr", MT, "-device", "cpu", "-npp", "0", "-nps", "0")
+    from PIL import Image
+    predictions = sorted(glob.glob(str(out / "*.png")))
+    assert len(predictions) == 2
+    for p in predictions:
+        seg = np.array(Image.open(p))
+        assert seg.shape == (48, 48) and set(np.unique(seg)) <= {0, 1, 2}
+
+    # switch prediction to the student weights and back
+    r = nnunet_ssl_cli("set-inference-weights", "-d", "801", "-c", "2d", "-tr", MT, "-f", "0", "--use", "student")
+    assert "teacher -> student" in r.stdout
+    checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
+    for k, v in checkpoint["student_weights"].items():
+        assert torch.equal(checkpoint["network_weights"][k], v)
+
+
+def test_cli_3d_missing_pool_fails_fast_then_trains_fold_all(dataset_3d_no_pool, nnunet_env, tmp_path):
+    r = run_cli("nnUNetv2_train", "802", "3d_fullres", "all", "-tr", MT, "-device", "cpu", check=False)
+    assert r.returncode != 0
+    output = r.stdout + r.stderr
+    assert "nnUNetPlans_3d_fullres_unlabeled does not exist" in output
+    assert "nnunet_ssl preprocess-unlabeled -d Dataset802_T3D -c 3d_fullres" in output
+    assert "Epoch 0" not in output
+
+    nnunet_ssl_cli("preprocess-unlabeled", "-d", "802", "-c", "3d_fullres", "-np", "2")
+    run_cli("nnUNetv2_train", "802", "3d_fullres", "all", "-tr", MT, "-device", "cpu")
+    out = tmp_path / "pred3d"
+    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_3d_no_pool, "imagesTs"), "-o", out, "-d", "802",
+            "-c", "3d_fullres", "-f", "all", "-tr", MT, "-device", "cpu", "-npp", "0", "-nps", "0")
+    import SimpleITK as sitk
+    predictions = sorted(glob.glob(str(out / "*.nii.gz")))
+    assert len(predictions) == 2
+    reference = sitk.ReadImage(os.path.join(dataset_3d_no_pool, "labelsTs", os.path.basename(predictions[0])))
+    prediction = sitk.ReadImage(predictions[0])
+    assert prediction.GetSize() == reference.GetSize() and prediction.GetSpacing() == reference.GetSpacing()
