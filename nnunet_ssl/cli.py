@@ -1,5 +1,6 @@
 """`nnunet_ssl` command line: env, preprocess-unlabeled, train, set-inference-weights, demo."""
 import argparse
+import json
 import sys
 
 
@@ -20,6 +21,23 @@ def cmd_preprocess_unlabeled(args):
     preprocess_unlabeled(args.d, args.c, args.p, args.np, overwrite=args.overwrite)
 
 
+def cmd_make_splits(args):
+    import os
+
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    from nnunet_ssl.splits import ensure_splits
+
+    name = maybe_convert_to_dataset_name(args.d)
+    raw = os.path.join(nnUNet_raw, name)
+    with open(os.path.join(raw, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    labeled = list(get_filenames_of_train_images_and_targets(raw, dataset_json))
+    print(ensure_splits(os.path.join(nnUNet_preprocessed, name), labeled))
+
+
 def cmd_set_inference_weights(args):
     from nnunet_ssl.checkpoints import model_checkpoints, set_inference_weights
 
@@ -32,6 +50,18 @@ def cmd_train(args):
     from nnunet_ssl.train import main as train_main
 
     train_main(args.rest)
+
+
+def cmd_bench_step(args):
+    from nnunet_ssl.benchmark import main as bench_main
+
+    bench_main(args.rest)
+
+
+def cmd_convert(args):
+    from nnunet_ssl.dataset_conversion.cli import main as convert_main
+
+    convert_main(["--help"] if args.convert_help else args.rest)
 
 
 def cmd_demo(args):
@@ -56,6 +86,11 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the pool is up to date")
     p.set_defaults(func=cmd_preprocess_unlabeled)
 
+    p = sub.add_parser("make-splits", help="write splits_final.json: min(5, n_labeled) folds (leave-one-out "
+                                           "below 5); an existing file is checked, not replaced")
+    p.add_argument("-d", required=True)
+    p.set_defaults(func=cmd_make_splits)
+
     p = sub.add_parser("set-inference-weights", help="make nnUNetv2_predict use the student or the EMA teacher")
     p.add_argument("-d", required=True)
     p.add_argument("-c", required=True)
@@ -71,6 +106,17 @@ def main(argv=None):
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("bench-step", help="time training iterations of several trainers in one run",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench_step)
+
+    p = sub.add_parser("convert", help="public dataset as downloaded -> nnU-Net raw dataset with an unlabeled pool "
+                                       "(nnunet_ssl convert -h)", add_help=False)
+    p.add_argument("-h", "--help", dest="convert_help", action="store_true")  # REMAINDER misses a leading option
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs Mean Teacher table")
     p.add_argument("--out", default="nnunet_ssl_demo", help="folder for raw/preprocessed/results")
     p.add_argument("--dim", type=int, choices=[2, 3], default=2)
@@ -80,10 +126,12 @@ def main(argv=None):
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
+    from nnunet_ssl.splits import SplitError
+    from nnunet_ssl.dataset_conversion.core import ConversionError
     from nnunet_ssl.unlabeled import UnlabeledPoolError
     try:
         args.func(args)
-    except UnlabeledPoolError as e:
+    except (UnlabeledPoolError, SplitError, ConversionError) as e:
         print(f"nnunet_ssl: error: {e}", file=sys.stderr)
         sys.exit(2)
 

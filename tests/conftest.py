@@ -54,8 +54,14 @@ def prepare(nnunet_env, dataset_id, dim, configuration, pool=True, **kw):
 
 @pytest.fixture(scope="session")
 def dataset_2d(nnunet_env):
-    """5 labeled (enough for nnU-Net's 5 folds), 6 unlabeled, 2 test RGB PNG cases, 48x48."""
-    return prepare(nnunet_env, 801, 2, "2d", n_labeled=5, n_unlabeled=6, n_test=2, size=48)
+    """4 labeled (fewer than nnU-Net's 5 folds: leave-one-out split), 6 unlabeled, 2 test RGB PNGs, 48x48."""
+    return prepare(nnunet_env, 801, 2, "2d", n_labeled=4, n_unlabeled=6, n_test=2, size=48)
+
+
+@pytest.fixture(scope="session")
+def three_labeled_no_pool(nnunet_env):
+    """3 labeled, 3 unlabeled, 1 test RGB PNG, 40x40; planned, unlabeled pool not yet preprocessed."""
+    return prepare(nnunet_env, 803, 2, "2d", pool=False, n_labeled=3, n_unlabeled=3, n_test=1, size=40)
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import nnunet_ssl_cli, prepare
+from conftest import nnunet_ssl_cli
 from nnunet_ssl.unlabeled import (POOL_MANIFEST, UnlabeledPoolError, check_pool, preprocess_unlabeled,
                                   preprocessed_pool_folder)
 
 
 @pytest.fixture(scope="module")
-def raw_2d(nnunet_env):
-    return prepare(nnunet_env, 803, 2, "2d", pool=False, n_labeled=3, n_unlabeled=3, n_test=1, size=40)
+def raw_2d(three_labeled_no_pool):
+    return three_labeled_no_pool
 
 
 def _pre_base(nnunet_env):
@@ -39,15 +39,22 @@ def test_pool_is_preprocessed_without_touching_labeled_dataset(raw_2d, nnunet_en
     own_files = ["dataset_fingerprint.json", "nnUNetPlans.json", "dataset.json"]
     before = {f: _digest(os.path.join(base, f)) for f in own_files}
     labeled_before = sorted(os.listdir(os.path.join(base, "nnUNetPlans_2d")))
+    pool = _pool(nnunet_env)
+    shutil.rmtree(pool, ignore_errors=True)  # start from no pool, whatever ran before
+    splits_file = os.path.join(base, "splits_final.json")
+    if os.path.exists(splits_file):
+        os.remove(splits_file)
     r = nnunet_ssl_cli("preprocess-unlabeled", "-d", "803", "-c", "2d", "-np", "2")
     assert "3 unlabeled cases" in r.stdout
     assert {f: _digest(os.path.join(base, f)) for f in own_files} == before
     assert sorted(os.listdir(os.path.join(base, "nnUNetPlans_2d"))) == labeled_before
-    assert not os.path.exists(os.path.join(base, "splits_final.json"))
+    # the split is written for the 3 labeled cases only (leave-one-out), never with unlabeled cases
+    splits = json.load(open(os.path.join(base, "splits_final.json")))
+    assert "created a 3-fold split (leave-one-out" in r.stdout
+    assert sorted(v for fold in splits for v in fold["val"]) == ["case000", "case001", "case002"]
     # the fingerprint knows only the labeled cases
     fingerprint = json.load(open(os.path.join(base, "dataset_fingerprint.json")))
     assert len(fingerprint["spacings"]) == 3
-    pool = _pool(nnunet_env)
     cases = sorted(f[:-5] for f in os.listdir(pool) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd"))
     assert cases == ["unl0000", "unl0001", "unl0002"]
     # preprocessed like a labeled case: same channels, z-scored with the dataset's intensity statistics
@@ -58,7 +65,7 @@ def test_pool_is_preprocessed_without_touching_labeled_dataset(raw_2d, nnunet_en
     # re-running is safe and does nothing when up to date
     mtime = os.path.getmtime(os.path.join(pool, POOL_MANIFEST))
     r = nnunet_ssl_cli("preprocess-unlabeled", "-d", "803", "-c", "2d", "-np", "1")
-    assert "up to date" in r.stdout
+    assert "up to date" in r.stdout and "existing split kept (3 folds)" in r.stdout
     assert os.path.getmtime(os.path.join(pool, POOL_MANIFEST)) == mtime
 
 

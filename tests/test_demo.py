@@ -1,0 +1,17 @@
+"""`nnunet_ssl demo` end to end with a tiny budget (the default budget is for people, not CI)."""
+import os
+
+from conftest import nnunet_ssl_cli
+
+
+def test_demo_runs_and_prints_the_comparison_table(tmp_path, nnunet_env):
+    out = tmp_path / "demo"
+    r = nnunet_ssl_cli("demo", "--out", out, "--epochs", "1", "--iters", "2")
+    table = [line for line in r.stdout.splitlines() if line.startswith("| nnUNetTrainer")]
+    assert len(table) == 2 and table[1].startswith("| nnUNetTrainerMeanTeacher |")
+    for row in table:
+        mean_dice = float(row.split("|")[2])
+        assert 0.0 <= mean_dice <= 1.0
+    assert f"Everything is in {out}" in r.stdout
+    assert len(os.listdir(out / "predictions" / "nnUNetTrainerMeanTeacher")) == 10 + 1  # 10 cases + summary
+    assert (out / "demo_results.md").read_text().count("| nnUNetTrainer") == 2

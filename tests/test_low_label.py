@@ -1,0 +1,85 @@
+"""Fewer labeled cases than nnU-Net's 5 folds (issue: low-label cross-validation)."""
+import glob
+import json
+import os
+
+import pytest
+
+from conftest import nnunet_ssl_cli, run_cli
+from nnunet_ssl.splits import SplitError, ensure_splits
+from nnunet_ssl.unlabeled import preprocess_unlabeled
+
+FOUR, THREE = "Dataset801_T2D", "Dataset803_T2D"
+
+
+@pytest.fixture(scope="module")
+def four_labeled(dataset_2d):
+    return dataset_2d
+
+
+@pytest.fixture(scope="module")
+def three_labeled(three_labeled_no_pool):
+    preprocess_unlabeled(803, ["2d"], num_processes=1, verbose=False)  # no-op when up to date
+    return three_labeled_no_pool
+
+
+def _splits(nnunet_env, name):
+    return json.load(open(os.path.join(nnunet_env["nnUNet_preprocessed"], name, "splits_final.json")))
+
+
+def _val_cases(nnunet_env, name, trainer, fold):
+    folder = os.path.join(nnunet_env["nnUNet_results"], name, f"{trainer}__nnUNetPlans__2d", f"fold_{fold}",
+                          "validation")
+    return sorted(os.path.basename(f) for f in glob.glob(os.path.join(folder, "*.png")))
+
+
+def test_split_is_leave_one_out_over_labeled_cases_only(four_labeled, three_labeled, nnunet_env):
+    for name, n in ((FOUR, 4), (THREE, 3)):
+        splits = _splits(nnunet_env, name)
+        labeled = [f"case{i:03d}" for i in range(n)]
+        assert len(splits) == n
+        assert sorted(v for fold in splits for v in fold["val"]) == labeled
+        for fold in splits:
+            assert len(fold["val"]) == 1 and sorted(fold["train"] + fold["val"]) == labeled
+
+
+def test_baseline_and_ssl_trainer_train_every_fold_kind_on_four_labeled(four_labeled, nnunet_env):
+    # stock nnU-Net trainer (1-epoch variant shipped with nnU-Net) through the stock CLI, fold 0
+    r = run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", "nnUNetTrainer_1epoch", "-device", "cpu")
+    assert "Using splits from existing split file" in r.stdout
+    # the project's SSL trainer, same dataset, fold 0 (also run by test_mean_teacher) and all
+    if not _val_cases(nnunet_env, FOUR, "nnUNetTrainerMeanTeacher", 0):
+        run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", "nnUNetTrainerMeanTeacher", "-device", "cpu")
+    run_cli("nnUNetv2_train", "801", "2d", "all", "-tr", "nnUNetTrainerMeanTeacher", "-device", "cpu")
+    # both validated fold 0 on the same single case, the one the shared split file names
+    expected = [c + ".png" for c in _splits(nnunet_env, FOUR)[0]["val"]]
+    assert _val_cases(nnunet_env, FOUR, "nnUNetTrainer_1epoch", 0) == expected
+    assert _val_cases(nnunet_env, FOUR, "nnUNetTrainerMeanTeacher", 0) == expected
+
+
+def test_three_labeled_baseline_fold_all_and_ssl_last_fold(three_labeled, nnunet_env):
+    nnunet_ssl_cli("train", "803", "2d", "all", "-tr", "nnUNetTrainer", "--epochs", "1", "--iters", "2")
+    run_cli("nnUNetv2_train", "803", "2d", "2", "-tr", "nnUNetTrainerMeanTeacher", "-device", "cpu")
+    expected = [c + ".png" for c in _splits(nnunet_env, THREE)[2]["val"]]
+    assert _val_cases(nnunet_env, THREE, "nnUNetTrainerMeanTeacher", 2) == expected
+
+
+def test_user_split_is_respected_and_checked(tmp_path):
+    labeled = ["a", "b", "c"]
+    custom = [{"train": ["a", "b"], "val": ["c"]}]
+    (tmp_path / "splits_final.json").write_text(json.dumps(custom))
+    assert "existing split kept (1 folds)" in ensure_splits(str(tmp_path), labeled, ["u1"])
+    assert json.loads((tmp_path / "splits_final.json").read_text()) == custom
+    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["u1"]}]))
+    with pytest.raises(SplitError, match="unlabeled cases"):
+        ensure_splits(str(tmp_path), labeled, ["u1"])
+    with pytest.raises(SplitError, match="at least 2"):
+        ensure_splits(str(tmp_path / "new"), ["a"])
+
+
+def test_five_or_more_labeled_gives_nnunets_own_split(tmp_path):
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    labeled = [f"c{i}" for i in range(7)]
+    ensure_splits(str(tmp_path), labeled)
+    assert json.loads((tmp_path / "splits_final.json").read_text()) == \
+        json.loads(json.dumps(generate_crossval_split(labeled, seed=12345, n_splits=5)))
