@@ -21,7 +21,6 @@ regions whole tumour (1, 2, 3), tumour core (2, 3), enhancing tumour (3), region
 Every case is a training case (seeded labeled selection; `--test-fraction` for a test set).
 """
 import os
-import re
 from typing import Dict, List
 
 from nnunet_ssl.dataset_conversion.core import (NIFTI_ENDING, Case, ConversionError, ConversionPlan,

@@ -289,47 +289,50 @@ def _check_roles_disjoint(roles: Dict[str, List[str]], list_files: Dict[str, str
             raise ConversionError(f"cases in both the {a} and the {b} set ({where}): {', '.join(both[:10])}")
 
 
+def _training_order(plan: ConversionPlan, opts: ConvertOptions, train: List[str], has_train_list: bool):
+    """(training ids in labeled-first order, the convention in words)."""
+    if has_train_list:
+        return train, "labeled = the first N cases of the training list, in list order (UA-MT / BCP / SGRS-Net)"
+    if plan.training_in_order:
+        return train, plan.split_description or "labeled = the first N of the converter's training order"
+    return seeded_order(train, opts.seed), (f"training ids sorted, shuffled with random.Random({opts.seed})."
+                                            f"shuffle; labeled = the first N of that order")
+
+
 def make_split(plan: ConversionPlan, opts: ConvertOptions) -> Split:
     if opts.validation_to not in VALIDATION_TARGETS:
         raise ConversionError(f"--validation-to must be one of {', '.join(VALIDATION_TARGETS)}")
     list_files = {**plan.list_files, **opts.lists}
     roles = _roles_from_lists(plan, list_files)
     _check_roles_disjoint(roles, list_files)
-    from_list = "train" in list_files or plan.training_in_order
-    if from_list:
-        order = roles["train"]
-        convention = plan.split_description if "train" not in list_files and plan.split_description else (
-            "labeled = the first N cases of the training list, in list order (UA-MT / BCP / SGRS-Net convention)")
-    else:
-        order = seeded_order(roles["train"], opts.seed)
-        convention = (f"training ids sorted, shuffled with random.Random({opts.seed}).shuffle; labeled = the "
-                      f"first N of that order")
+    order, convention = _training_order(plan, opts, roles["train"], "train" in list_files)
     if opts.test_fraction is not None:
-        order, roles["test"] = _take_test_fraction(order, roles["test"], opts, from_list)
+        in_given_order = "train" in list_files or plan.training_in_order
+        order, roles["test"] = _take_test_fraction(order, roles["test"], opts, in_given_order)
         convention += f"; test = the first {len(roles['test'])} of the shuffled order (--test-fraction)"
     if opts.validation_to == "train":
         order = order + roles["validation"]  # appended: the first N labeled stay those of the training list
     test = roles["test"] + (roles["validation"] if opts.validation_to == "test" else [])
     n = labeled_count(len(order), opts)
-    missing = _missing_cases(plan, {"train": order, "test": test, "validation": roles["validation"]})
+    converted = {"train": order, "test": test}
+    if opts.validation_to == "unlabeled":
+        converted["validation"] = roles["validation"]
+    missing = _missing_cases(plan, converted)
     if missing and not opts.skip_missing:
-        raise ConversionError(_missing_message(plan, missing, list_files, {"train": order, "test": test,
-                                                                            "validation": roles["validation"]}))
+        raise ConversionError(_missing_message(plan, missing, list_files, converted))
     present = lambda ids: [i for i in ids if i in plan.cases]  # noqa: E731
-    used = set(order) | set(test) | set(roles["validation"])
     return Split(labeled=present(order[:n]), unlabeled=present(order[n:]), test=present(test),
                  validation=present(roles["validation"]), validation_to=opts.validation_to,
-                 training_order=order, convention=convention, seed=None if from_list else opts.seed,
-                 list_files=list_files, missing=missing,
-                 labeled_absent=[i for i in order[:n] if i not in plan.cases],
-                 not_used=sorted(set(plan.cases) - used))
+                 training_order=order, convention=convention, seed=None if "train" in list_files else opts.seed,
+                 list_files=list_files, missing=missing, labeled_absent=[i for i in order[:n] if i not in plan.cases],
+                 not_used=sorted(set(plan.cases) - set(order) - set(test) - set(roles["validation"])))
 
 
-def _take_test_fraction(order, test, opts, from_list):
+def _take_test_fraction(order, test, opts, in_given_order):
     if test:
         raise ConversionError("--test-fraction: this source already has a test set (leave --test-fraction out, "
                               "or give --test-list)")
-    if from_list:
+    if in_given_order:
         raise ConversionError("--test-fraction cannot be combined with a training list: give --test-list")
     n_test = count_from_fraction(opts.test_fraction, len(order), "--test-fraction")
     if not 1 <= n_test < len(order):
@@ -494,7 +497,7 @@ class Geometry:
                 and np.allclose(self.origin, other.origin) and np.allclose(self.direction, other.direction))
 
     def describe(self) -> str:
-        fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+        fmt = lambda v: "(" + ", ".join(f"{x + 0.0:.4g}" for x in v) + ")"  # noqa: E731 (+0.0: no "-0")
         return (f"size {self.size}, spacing {fmt(self.spacing)}, origin {fmt(self.origin)}, "
                 f"direction {fmt(self.direction)}")
 
@@ -957,8 +960,8 @@ def write_split_record(path: str, plan: ConversionPlan, split: Split, opts: Conv
 def convert(plan: ConversionPlan, opts: ConvertOptions) -> str:
     """Plan + options -> `output_root/DatasetXXX_Name/`, written atomically. Returns the dataset folder."""
     folder_name = dataset_folder_name(opts.dataset_id, opts.name or plan.name)
+    split = make_split(plan, opts)  # problems with the source first, then with the target
     target = check_target(opts.output_root, folder_name, opts.arguments, opts.overwrite)
-    split = make_split(plan, opts)
     if not split.labeled:
         raise ConversionError(f"{plan.source}: no labeled case is present (labeled cases: "
                               f"{', '.join(split.training_order[:5])} ...)")
@@ -1134,7 +1137,7 @@ def convert_external_test(plan: ConversionPlan, opts: ConvertOptions, target_spe
         os.replace(os.path.join(temp, "record.json"), record_path)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    _print_summary_external(dataset, folders, record, bad)
+    _print_summary_external(dataset, folders, record_path, record, bad)
     return dataset
 
 
@@ -1148,8 +1151,8 @@ def _inherit_max_size(options: dict, dataset: str) -> dict:
     return options
 
 
-def _print_summary_external(dataset: str, folders: Sequence[str], record: dict, bad) -> None:
+def _print_summary_external(dataset: str, folders: Sequence[str], record_path: str, record: dict, bad) -> None:
     for job, error in bad:
         warn(f"--skip-bad: skipped {job.case.case_id}: {error}")
     print(f"{dataset}: {len(record['test'])} test cases in {folders[0]}/ and {folders[1]}/; recorded in "
-          f"external_test_*.json")
+          f"{os.path.basename(record_path)}")

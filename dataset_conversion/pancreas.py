@@ -61,9 +61,8 @@ def case_id(number: str) -> str:
 
 def list_entry_to_id(entry: str) -> Optional[str]:
     """`image0001_norm`, `image0001_norm.h5`, `PANCREAS_0001`, `label0001.nii.gz`, `1` -> `PANCREAS_0001`."""
-    name = default_list_entry_to_id(entry) or ""
-    digits = re.findall(r"\d+", name)
-    return case_id(digits[-1]) if digits else None
+    digits = re.search(r"\d+", default_list_entry_to_id(entry) or "")  # the first run: `.h5` holds a digit
+    return case_id(digits.group()) if digits else None
 
 
 def _h5_cases(folder: str) -> Dict[str, Case]:

@@ -17,12 +17,12 @@ DEMO_DATASET_ID = 990
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMeanTeacher")
 
 
-def _run(cmd, log):
+def _run(cmd, log, **env):
     print("$ " + " ".join(cmd), flush=True)
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env})
     if result.returncode != 0:
         sys.exit(f"command failed (exit {result.returncode}): {' '.join(cmd)}\nsee {log}")
 
@@ -66,7 +66,9 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = 8, iters: int = 25, dev
     folder = write_synthetic_dataset(env["nnUNet_raw"], DEMO_DATASET_ID, f"SSLDemo{dim}D", dim=dim)
     print(f"Synthetic dataset: {folder}")
     _run(["nnUNetv2_plan_and_preprocess", "-d", str(DEMO_DATASET_ID), "-c", configuration, "-np", "2",
-          "--verify_dataset_integrity"], log)
+          "--verify_dataset_integrity"], log,
+         # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+         nnUNet_n_proc_DA=str(max(1, int(os.environ["nnUNet_n_proc_DA"]))))
     preprocess_unlabeled(DEMO_DATASET_ID, [configuration], num_processes=2)
 
     with open(os.path.join(folder, "dataset.json")) as f:

@@ -174,12 +174,16 @@ def test_isic_skip_bad_summarises(isic2016, tmp_path, capsys):
     assert all(case in err for case in bad)
 
 
-def test_parallel_workers_write_the_same_files(isic2016, tmp_path):
-    src, _ = isic2016
+def test_parallel_workers_write_the_same_files_and_stop_on_errors(isic2016, tmp_path):
+    src, made = isic2016
     one = convert("isic2016", src, "-d", 21, "--labeled", 3, "-np", 1, "-o", tmp_path / "a")
     two = convert("isic2016", src, "-d", 21, "--labeled", 3, "-np", 2, "-o", tmp_path / "b")
     files = lambda d: {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*.png")}  # noqa: E731
     assert files(one) == files(two) and len(files(one)) > 0
+    write_bad(src, sorted(made["training"])[-1], "colour mask")
+    with pytest.raises(ConversionError, match="colour mask"):
+        convert("isic2016", src, "-d", 21, "-np", 2, "-o", tmp_path / "c")
+    assert leftovers(tmp_path / "c") == []
 
 
 def test_rerun_replaces_and_other_arguments_are_refused(isic2016, tmp_path):
@@ -290,8 +294,9 @@ def test_ph2_as_test_set_refuses_3d_dataset(tmp_path):
 def test_nnunet_ssl_command_exit_code_and_message(tmp_path):
     missing = tmp_path / "nowhere"
     r = subprocess.run([sys.executable, "-m", "nnunet_ssl.cli", "convert", "ph2", str(missing), "-d", "40", "-o",
-                        str(tmp_path / "raw")], capture_output=True, text=True)
+                        str(tmp_path / "raw")], capture_output=True, encoding="utf-8", errors="replace")
     assert r.returncode == 2 and r.stderr.startswith("nnunet_ssl: error: ") and str(missing) in r.stderr
-    r = subprocess.run([sys.executable, "-m", "nnunet_ssl.cli", "convert", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nnunet_ssl.cli", "convert", "--help"], capture_output=True,
+                       encoding="utf-8", errors="replace")
     assert r.returncode == 0 and all(d in r.stdout for d in ("isic2018", "ph2", "la", "pancreas", "brats", "flare"))
     shutil.rmtree(tmp_path / "raw", ignore_errors=True)

@@ -14,7 +14,10 @@ from nnunet_ssl.dataset_conversion.cli import main as convert_main
 
 
 def convert(*argv) -> Path:
-    return Path(convert_main([str(a) for a in argv]))
+    """`nnunet_ssl convert ...` in this process; one worker unless the test asks for more (a spawned pool costs
+    more than it saves on a handful of tiny cases)."""
+    argv = [str(a) for a in argv]
+    return Path(convert_main(argv if "-np" in argv else argv + ["-np", "1"]))
 
 
 def snapshot(root) -> dict:
@@ -40,11 +43,14 @@ def dataset_json(dataset: Path) -> dict:
 
 
 def case_ids(folder: Path, ending: str) -> set:
-    """Case ids in an nnU-Net folder (channel suffix `_0000` dropped)."""
+    """Case ids in an nnU-Net folder (the channel suffix `_0000` of image files dropped)."""
     if not folder.is_dir():
         return set()
     names = [n[: -len(ending)] for n in os.listdir(folder) if n.endswith(ending)]
-    return {n[:-5] if n[-5:-4] == "_" and n[-4:].isdigit() else n for n in names}
+    if not folder.name.startswith("images"):  # label file names carry no channel suffix
+        return set(names)
+    assert all(n[-5:-4] == "_" and n[-4:].isdigit() for n in names), names
+    return {n[:-5] for n in names}
 
 
 def seeded(ids, seed=0) -> list:
@@ -74,16 +80,12 @@ def lesion_mask(rng, width, height) -> np.ndarray:
     return mask
 
 
-ISIC_FOLDERS = {
-    2016: {"training": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
-           "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth")},
-    2017: {"training": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
-           "validation": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
-           "test": ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth")},
-    2018: {"training": ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
-           "validation": ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"),
-           "test": ("ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth")},
-}
+# the challenge downloads' folder names: (image folder template, ground-truth folder template, subsets)
+ISIC_NAMES = {2016: ("ISBI2016_ISIC_Part1_{}_Data", "ISBI2016_ISIC_Part1_{}_GroundTruth", ("Training", "Test")),
+              2017: ("ISIC-2017_{}_Data", "ISIC-2017_{}_Part1_GroundTruth", ("Training", "Validation", "Test_v2")),
+              2018: ("ISIC2018_Task1-2_{}_Input", "ISIC2018_Task1_{}_GroundTruth", ("Training", "Validation", "Test"))}
+ISIC_FOLDERS = {year: {subset.split("_")[0].lower(): (data.format(subset), gt.format(subset)) for subset in subsets}
+                for year, (data, gt, subsets) in ISIC_NAMES.items()}
 
 
 def make_isic(root: Path, year: int, sizes=None, ground_truth=("training", "validation", "test"), seed=0):
