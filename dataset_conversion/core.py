@@ -27,11 +27,12 @@ import random
 import re
 import shutil
 import sys
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from nnunet_ssl.atomic import new_temp_folder, replace_folder
 
 SPLIT_RECORD = "ssl_split.json"
 NIFTI_ENDING = ".nii.gz"
@@ -866,31 +867,6 @@ def check_target(output_root: str, folder_name: str, arguments: dict, overwrite:
             raise ConversionError(f"{target} already exists, converted with other arguments (see its "
                                   f"{SPLIT_RECORD}): pass --overwrite to replace it")
     return target
-
-
-def new_temp_folder(parent: str, name: str) -> str:
-    """Hidden (so nnU-Net's `Dataset*` lookup never sees it), next to the target (same file system, so the
-    final rename is atomic)."""
-    os.makedirs(parent, exist_ok=True)
-    path = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
-    os.makedirs(path)
-    return path
-
-
-def replace_folder(temp: str, target: str) -> None:
-    """Put the finished `temp` folder in place of `target`. rename() cannot replace a non-empty folder, so an
-    existing target is first renamed aside, then deleted; if the second rename fails it is put back."""
-    if not os.path.exists(target):
-        os.replace(temp, target)
-        return
-    old = temp + ".old"
-    os.replace(target, old)
-    try:
-        os.replace(temp, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_of(path: str) -> str:

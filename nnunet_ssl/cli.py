@@ -46,31 +46,23 @@ def cmd_set_inference_weights(args):
         print(f"{f}: inference weights {previous} -> {args.use}")
 
 
-def cmd_train(args):
-    from nnunet_ssl.train import main as train_main
-
-    train_main(args.rest)
-
-
-def cmd_bench_step(args):
-    from nnunet_ssl.benchmark import main as bench_main
-
-    bench_main(args.rest)
-
-
-def cmd_convert(args):
-    from nnunet_ssl.dataset_conversion.cli import main as convert_main
-
-    convert_main(["--help"] if args.convert_help else args.rest)
-
-
 def cmd_demo(args):
     from nnunet_ssl.demo import run_demo
 
     run_demo(args.out, args.epochs, args.iters, args.device, args.dim)
 
 
+# Subcommands with their own argument parsers: everything after the name is passed on unparsed.
+PASS_THROUGH = {"train": "nnunet_ssl.train", "bench-step": "nnunet_ssl.benchmark",
+                "convert": "nnunet_ssl.dataset_conversion.cli"}
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:
+        import importlib
+        command = importlib.import_module(PASS_THROUGH[argv[0]]).main
+        return _with_clean_errors(lambda: command(argv[1:]))
     parser = argparse.ArgumentParser(prog="nnunet_ssl", description="Semi-supervised training for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -101,21 +93,10 @@ def main(argv=None):
     p.add_argument("--use", choices=["teacher", "student"], required=True)
     p.set_defaults(func=cmd_set_inference_weights)
 
-    p = sub.add_parser("train", help="nnUNetv2_train with an explicit length (epochs x iterations), any trainer",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("bench-step", help="time training iterations of several trainers in one run",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench_step)
-
-    p = sub.add_parser("convert", help="public dataset as downloaded -> nnU-Net raw dataset with an unlabeled pool "
-                                       "(nnunet_ssl convert -h)", add_help=False)
-    p.add_argument("-h", "--help", dest="convert_help", action="store_true")  # REMAINDER misses a leading option
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_convert)
+    for name, text in (("train", "nnUNetv2_train with an explicit length (epochs x iterations), any trainer"),
+                       ("bench-step", "time training iterations of several trainers in one run"),
+                       ("convert", "public dataset as downloaded -> nnU-Net raw dataset with an unlabeled pool")):
+        sub.add_parser(name, help=text + f" (nnunet_ssl {name} -h)")
 
     p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs Mean Teacher table")
     p.add_argument("--out", default="nnunet_ssl_demo", help="folder for raw/preprocessed/results")
@@ -126,11 +107,16 @@ def main(argv=None):
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
-    from nnunet_ssl.splits import SplitError
+    _with_clean_errors(lambda: args.func(args))
+
+
+def _with_clean_errors(run):
+    """Expected user errors (bad input) end with their message and exit code 2, not a traceback."""
     from nnunet_ssl.dataset_conversion.core import ConversionError
+    from nnunet_ssl.splits import SplitError
     from nnunet_ssl.unlabeled import UnlabeledPoolError
     try:
-        args.func(args)
+        run()
     except (UnlabeledPoolError, SplitError, ConversionError) as e:
         print(f"nnunet_ssl: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -6,10 +6,10 @@ a darker core (label 2) on textured skin, plus unlabeled distractor blobs of ano
 """
 import json
 import os
-import shutil
-import uuid
 
 import numpy as np
+
+from nnunet_ssl.atomic import atomic_folder
 
 
 def _smooth_noise(rng, shape, scale):
@@ -85,11 +85,10 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "SSLDemo
     """Write DatasetXXX_name into raw_root (atomically) and return its folder."""
     rng = np.random.default_rng(seed)
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
-    tmp = folder + f".tmp-{uuid.uuid4().hex[:8]}"
     ending = ".png" if dim == 2 else ".nii.gz"
     make = (lambda: make_case_2d(rng, size or 64)) if dim == 2 else (lambda: make_case_3d(rng, size or 32))
     write = _write_2d if dim == 2 else _write_3d
-    try:
+    with atomic_folder(folder) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
             os.makedirs(os.path.join(tmp, sub))
         for i in range(n_labeled):
@@ -110,10 +109,4 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "SSLDemo
                                        f"{n_unlabeled} unlabeled, {n_test} test cases"}
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(dataset_json, f, indent=1)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     return folder

@@ -12,12 +12,12 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
-import uuid
 from collections import defaultdict
 from typing import Dict, List, Sequence
 
 from tqdm import tqdm
+
+from nnunet_ssl.atomic import atomic_folder
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
 POOL_MANIFEST = "pool.json"
@@ -167,9 +167,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str], plan
                         print(f"{out}: up to date ({len(cases)} cases), nothing to do")
                     written.append(out)
                     continue
-        tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
-        try:
+        with atomic_folder(out) as tmp:
             jobs = [(c, files, tmp, plans, configuration, dataset_json) for c, files in cases.items()]
             desc = f"Preprocessing unlabeled pool ({configuration})"
             if num_processes <= 1:
@@ -182,12 +180,6 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str], plan
                         pass
             with open(os.path.join(tmp, POOL_MANIFEST), "w") as f:
                 json.dump(manifest, f, indent=1)
-            if os.path.isdir(out):
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp)
         if verbose:
             print(f"{out}: {len(cases)} unlabeled cases")
         written.append(out)

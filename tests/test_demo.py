@@ -1,5 +1,4 @@
 """`nnunet_ssl demo` end to end with a tiny budget (the default budget is for people, not CI)."""
-import os
 
 from conftest import nnunet_ssl_cli
 

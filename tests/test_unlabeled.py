@@ -31,7 +31,7 @@ def _digest(path):
 
 
 def _no_temp_left(nnunet_env):
-    return not [d for d in os.listdir(_pre_base(nnunet_env)) if ".tmp-" in d]
+    return not [d for d in os.listdir(_pre_base(nnunet_env)) if ".partial-" in d]
 
 
 def test_pool_is_preprocessed_without_touching_labeled_dataset(raw_2d, nnunet_env):

@@ -6,7 +6,6 @@
 L_sup is nnU-Net's Dice + CE with deep supervision; x_u is an nnU-Net-augmented unlabeled batch, xi is
 Gaussian noise, so teacher and student see differently perturbed views of the same voxels.
 """
-import torch
 
 from nnunet_ssl.losses import consistency_mse
 from nnunet_ssl.perturbations import gaussian_noise
