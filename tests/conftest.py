@@ -31,7 +31,9 @@ def nnunet_env(tmp_path_factory):
 def run_cli(*cmd, env=None, check=True):
     """Run a real CLI; on failure show its output."""
     full_env = {**os.environ, **(env or {})}
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env)
+    # explicit encoding: a library may have switched the process locale to "C" (ascii) by now
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, encoding="utf-8", errors="replace",
+                       env=full_env)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
                              f"{r.stderr[-4000:]}")
