@@ -25,6 +25,11 @@ from nnunet_ssl.ema import EMATeacher, unwrap
 from nnunet_ssl.schedules import gaussian_rampup
 from nnunet_ssl.unlabeled import check_pool, preprocessed_pool_folder
 
+def full_resolution(output):
+    """The highest-resolution output of a deep-supervision list (or the tensor itself)."""
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
 # Optional training-length overrides for smoke tests and benchmarks run through the stock CLI
 # (nnU-Net's own default is 1000 epochs x 250 iterations). They are written to the training log.
 BUDGET_ENV = {"nnUNet_ssl_epochs": "num_epochs", "nnUNet_ssl_iters": "num_iterations_per_epoch",
@@ -41,14 +46,6 @@ def apply_budget_from_env(trainer: nnUNetTrainer) -> Dict[str, int]:
             setattr(trainer, attr, value)
             applied[attr] = value
     return applied
-
-
-def split_batch(output, n_first: int):
-    """Split a (deep-supervision list of) batch tensor(s) into the first n_first samples and the rest."""
-    if isinstance(output, (list, tuple)):
-        firsts, rests = zip(*(split_batch(o, n_first) for o in output))
-        return list(firsts), list(rests)
-    return output[:n_first], output[n_first:]
 
 
 class nnUNetTrainerSSL(nnUNetTrainer):
@@ -148,21 +145,14 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def unlabeled_batch(self) -> torch.Tensor:
         return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
 
-    def student_forward(self, *batches: torch.Tensor) -> List:
-        """One student pass over the concatenated batches, split back per batch. nnU-Net's networks use
-        instance norm, so a joint pass equals separate passes and costs one launch."""
-        output = self.network(torch.cat(batches))
-        outputs = []
-        for b in batches[:-1]:
-            first, output = split_batch(output, b.shape[0])
-            outputs.append(first)
-        return outputs + [output]
-
     @torch.no_grad()
     def teacher_probabilities(self, data: torch.Tensor) -> torch.Tensor:
         """Full-resolution teacher probabilities (softmax, or sigmoid for region training); no graph."""
-        output = self.teacher(data)
-        return self.probabilities(output[0] if isinstance(output, (list, tuple)) else output)
+        return self.probabilities(full_resolution(self.teacher(data)))
+
+    def student_probabilities(self, data: torch.Tensor) -> torch.Tensor:
+        """Full-resolution student probabilities, with the graph (the unsupervised terms train the student)."""
+        return self.probabilities(full_resolution(self.network(data)))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over classes, or sigmoid for region training. Not LabelManager.apply_inference_nonlin:
@@ -170,17 +160,22 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         logits = logits.float()
         return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
-    def optimize(self, loss: torch.Tensor) -> None:
-        """nnU-Net's backward/clip/step (with AMP scaler on CUDA), then the EMA teacher update."""
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of one loss term (AMP-scaled on CUDA). Back-propagating the labeled and
+        the unlabeled pass one after the other gives the gradient of their sum while only one pass's
+        activations are alive at a time: peak memory stays that of nnUNetTrainer's step (a joint pass over
+        both batches doubles it, and a 3D nnU-Net plan sized for its GPU or RAM then runs out)."""
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def step(self) -> None:
+        """nnU-Net's clip and optimizer step, then the EMA teacher update."""
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
         self.teacher.update(self.network)
         self.iteration_in_epoch += 1

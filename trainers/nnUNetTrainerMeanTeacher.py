@@ -24,12 +24,14 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
         x_u = self.unlabeled_batch()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
+            sup_loss = self.loss(self.network(x_l), y_l)
+        self.backward(sup_loss)
+        with self.autocast():
             p_teacher = self.teacher_probabilities(gaussian_noise(x_u, self.noise_std, self.noise_clip))
-            out_l, out_u = self.student_forward(x_l, x_u)
-            sup_loss = self.loss(out_l, y_l)
-            consistency = consistency_mse(self.probabilities(out_u[0]), p_teacher)
+            consistency = consistency_mse(self.student_probabilities(x_u), p_teacher)
             weight = self.consistency_weight * self.rampup(self.consistency_rampup)
-            loss = sup_loss + weight * consistency
-        self.optimize(loss)
-        return {"loss": loss.detach().cpu().numpy(), "sup_loss": sup_loss.detach().cpu().numpy(),
+        self.backward(weight * consistency)
+        self.step()
+        loss = sup_loss.detach() + weight * consistency.detach()
+        return {"loss": loss.cpu().numpy(), "sup_loss": sup_loss.detach().cpu().numpy(),
                 "consistency_loss": consistency.detach().cpu().numpy(), "consistency_weight": weight}
