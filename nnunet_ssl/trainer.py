@@ -81,6 +81,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                 self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
 
     def on_train_start(self):
+        if self.is_cascaded:  # the pool has no previous-stage segmentations to feed the second stage
+            raise RuntimeError(f"{self.__class__.__name__} does not support cascade configurations "
+                               f"({self.configuration_name}); use 2d or 3d_fullres")
         # fail before anything heavy happens when the pool is missing or stale
         n_unlabeled = check_pool(self.unlabeled_pool_folder, self.plans_manager.plans, self.configuration_name,
                                  self.plans_manager.dataset_name, self.plans_manager.plans_name)
