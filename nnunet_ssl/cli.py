@@ -26,16 +26,13 @@ def cmd_make_splits(args):
 
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
-    from nnunet_ssl.splits import ensure_splits
+    from nnunet_ssl.splits import ensure_splits, labeled_case_ids
 
     name = maybe_convert_to_dataset_name(args.d)
     raw = os.path.join(nnUNet_raw, name)
     with open(os.path.join(raw, "dataset.json")) as f:
         dataset_json = json.load(f)
-    labeled = list(get_filenames_of_train_images_and_targets(raw, dataset_json))
-    print(ensure_splits(os.path.join(nnUNet_preprocessed, name), labeled))
+    print(ensure_splits(os.path.join(nnUNet_preprocessed, name), labeled_case_ids(raw, dataset_json)))
 
 
 def cmd_set_inference_weights(args):

@@ -17,6 +17,12 @@ class SplitError(RuntimeError):
     pass
 
 
+def labeled_case_ids(raw_dataset_folder: str, dataset_json: dict) -> list:
+    """The labeled cases (imagesTr with labelsTr) of a raw dataset, as nnU-Net finds them."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    return list(get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json))
+
+
 def ensure_splits(preprocessed_dataset_folder_base: str, labeled: Sequence[str],
                   unlabeled: Iterable[str] = ()) -> str:
     """Create splits_final.json if missing, else check it; returns a one-line description of what was done."""

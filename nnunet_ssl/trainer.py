@@ -25,6 +25,7 @@ from nnunet_ssl.ema import EMATeacher, unwrap
 from nnunet_ssl.schedules import gaussian_rampup
 from nnunet_ssl.unlabeled import check_pool, preprocessed_pool_folder
 
+
 def full_resolution(output):
     """The highest-resolution output of a deep-supervision list (or the tensor itself)."""
     return output[0] if isinstance(output, (list, tuple)) else output

@@ -183,11 +183,8 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str], plan
         if verbose:
             print(f"{out}: {len(cases)} unlabeled cases")
         written.append(out)
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
-    from nnunet_ssl.splits import ensure_splits
-    labeled = list(get_filenames_of_train_images_and_targets(raw_folder, dataset_json))
-    message = ensure_splits(pre_base, labeled, cases)
+    from nnunet_ssl.splits import ensure_splits, labeled_case_ids
+    message = ensure_splits(pre_base, labeled_case_ids(raw_folder, dataset_json), cases)
     if verbose:
         print(message)
     return written
