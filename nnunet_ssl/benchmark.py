@@ -1,101 +1,197 @@
-"""`nnunet_ssl bench-step`: time training iterations of several trainers in one run, and the compute floor.
+"""`nnunet_ssl benchmark`: several trainers, one explicit budget, the test set, one table.
 
-For each trainer: build it exactly as nnUNetv2_train does, start its data loaders, warm up, then time
-`train_step(next(dataloader_train))` (data loading included, as in training) in interleaved blocks so drift
-of the machine hits all trainers alike. The floor of a teacher-student step is measured on the same network
-with random tensors: student forward+backward on labeled+unlabeled batch plus a no-grad teacher forward,
-relative to nnUNetTrainer's forward+backward on the labeled batch.
+For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in its own output folder:
+1. plan and preprocess with stock nnU-Net if not done, preprocess the unlabeled pool (skipped when up to date);
+2. per trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x iterations, fold `all` or a
+   given fold) into the benchmark's own nnUNet_results, stock `nnUNetv2_predict` on imagesTs, evaluation with
+   nnunet_ssl.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per iteration,
+   wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation);
+3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png.
+
+Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
+interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder.
+
+Output folder layout (stable; the project's issues report numbers from it):
+  benchmark.json                 dataset, configuration, plans, fold, budget, device
+  records/<trainer>.json         one finished trainer (schema: RECORD_KEYS)
+  logs/<trainer>.{train,predict}.log
+  nnUNet_results/...             the trained models (nnU-Net's layout)
+  nnUNet_results/<Dataset>/<trainer>__<plans>__<conf>/test_predictions_fold_<f>/  predictions + summary_ssl.json
+  leaderboard.md, leaderboard.csv, dice_per_case.png
 """
-import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
-from typing import Dict, List
 
-import numpy as np
-import torch
-
-
-def _timed(fn, repeats: int) -> List[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterations_per_epoch", "device",
+               "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter", "peak_rss_gb", "peak_gpu_gb",
+               "summary_file", "Dice_mean", "Dice_median", "failed_cases")
 
 
-def compute_floor(trainer, repeats: int = 10) -> Dict[str, float]:
-    """Seconds for one supervised fwd+bwd (batch B) and for the teacher-student floor (2B fwd+bwd + B fwd)."""
-    b = trainer.batch_size
-    x = torch.randn(b, trainer.num_input_channels, *trainer.configuration_manager.patch_size, device=trainer.device)
-    net, teacher = trainer.network, getattr(trainer, "teacher", None) or trainer.network
-
-    def supervised():
-        out = net(x)
-        sum(o.float().mean() for o in (out if isinstance(out, (list, tuple)) else [out])).backward()
-
-    def teacher_student():
-        with torch.no_grad():
-            teacher(x)
-        supervised()  # labeled pass
-        supervised()  # unlabeled pass (separate backward, as the trainers do)
-
-    supervised(), teacher_student()  # warm-up
-    return {"supervised_fwd_bwd": float(np.median(_timed(supervised, repeats))),
-            "teacher_student_floor": float(np.median(_timed(teacher_student, repeats)))}
+class BenchmarkError(RuntimeError):
+    pass
 
 
-def bench(dataset: str, configuration: str, trainers: List[str], fold="0", iterations: int = 20,
-          warmup: int = 3, blocks: int = 2, device: str = "cpu") -> Dict[str, dict]:
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    from nnunet_ssl.paths import ensure_ext_trainer_env
-
-    ensure_ext_trainer_env()
-    fold = fold if fold == "all" else int(fold)
-    built = {}
-    for name in trainers:
-        t = get_trainer_from_args(dataset, configuration, fold, name, "nnUNetPlans", device=torch.device(device))
-        t.on_train_start()
-        t.network.train()
-        for _ in range(warmup):
-            t.train_step(next(t.dataloader_train))
-        built[name] = t
-    step_times = {name: [] for name in trainers}
-    per_block = max(1, iterations // blocks)
-    for _ in range(blocks):
-        for name, t in built.items():
-            step_times[name] += _timed(lambda: t.train_step(next(t.dataloader_train)), per_block)
-    results = {}
-    for name, t in built.items():
-        results[name] = {"s_per_iter": float(np.median(step_times[name])), **compute_floor(t)}
-        t.on_train_end()
-    return results
+def _run(cmd, log, env):
+    """Run a command, its output to `log`; returns (peak RSS of the process tree's largest process in GB, s)."""
+    start = time.time()
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not every child's so far
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"command failed (exit {proc.returncode}): {' '.join(cmd)}\nsee {log}")
+    return usage.ru_maxrss / 2 ** 20, time.time() - start  # ru_maxrss is in KiB on Linux
 
 
-def format_results(results: Dict[str, dict], reference: str) -> str:
-    ref = results[reference]["s_per_iter"]
-    floor_ref = results[reference]["supervised_fwd_bwd"]
-    lines = ["| trainer | s/iter (median) | ratio to " + reference + " | compute floor ratio |", "|---|---|---|---|"]
-    for name, r in results.items():
-        floor = 1.0 if name == reference else r["teacher_student_floor"] / floor_ref
-        lines.append(f"| {name} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / ref:.2f} | {floor:.2f} |")
-    return "\n".join(lines)
+def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: dict, num_processes: int) -> None:
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    from nnunet_ssl.unlabeled import preprocess_unlabeled
+
+    if not os.path.isfile(os.path.join(nnUNet_preprocessed, name, plans + ".json")):
+        # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+        _run(["nnUNetv2_plan_and_preprocess", "-d", name, "-c", configuration, "-np", str(num_processes),
+              "--verify_dataset_integrity"], log,
+             {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA") or 1)))})
+    preprocess_unlabeled(name, [configuration], plans, num_processes)
+
+
+def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, iterations: int, fold: str = "all",
+                  out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
+                  nsd_tolerance: float = 1.0, num_processes: int = 2) -> str:
+    """Run (or resume) the benchmark; returns the leaderboard Markdown."""
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunet_ssl.leaderboard import TEST_PREFIX, dataset_counts, make_row, markdown_table, write_leaderboard
+    from nnunet_ssl.metrics import evaluate_folder
+    from nnunet_ssl.paths import trainers_folder
+
+    name = maybe_convert_to_dataset_name(dataset)
+    raw = os.path.join(nnUNet_raw, name)
+    for sub in ("imagesTs", "labelsTs", "imagesUnlabeled"):
+        if not os.path.isdir(os.path.join(raw, sub)):
+            raise BenchmarkError(f"{os.path.join(raw, sub)} does not exist: the benchmark needs a test set "
+                                 f"(imagesTs + labelsTs) and an unlabeled pool (imagesUnlabeled)")
+    out = os.path.abspath(out or f"nnunet_ssl_benchmark/{name}__{configuration}__{epochs}x{iterations}__fold_{fold}")
+    setup = {"dataset": name, "configuration": configuration, "plans": plans, "fold": str(fold), "epochs": epochs,
+             "iterations_per_epoch": iterations, "val_iterations": val_iterations, "device": device,
+             "nsd_tolerance_mm": nsd_tolerance}
+    setup_file = os.path.join(out, "benchmark.json")
+    if os.path.isfile(setup_file):
+        with open(setup_file) as f:
+            previous = json.load(f)
+        if previous != setup:
+            changed = {k: (previous.get(k), v) for k, v in setup.items() if previous.get(k) != v}
+            raise BenchmarkError(f"{setup_file}: this folder holds a benchmark with other settings {changed}; "
+                                 f"use another output folder (-o) for another budget")
+    for sub in ("records", "logs", "nnUNet_results"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    with open(setup_file, "w") as f:
+        json.dump(setup, f, indent=1)
+
+    env = {**os.environ, "nnUNet_results": os.path.join(out, "nnUNet_results"),
+           "nnUNet_extTrainer": os.environ.get("nnUNet_extTrainer") or trainers_folder()}
+    prepare_dataset(name, configuration, plans, os.path.join(out, "logs", "preprocess.log"), env, num_processes)
+    with open(os.path.join(raw, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    counts = dataset_counts(name)
+
+    for trainer in trainers:
+        record_file = os.path.join(out, "records", f"{trainer}.json")
+        if os.path.isfile(record_file):
+            print(f"{trainer}: done (record {record_file}); delete the record to run it again")
+            continue
+        model = os.path.join(out, "nnUNet_results", name, f"{trainer}__{plans}__{configuration}")
+        fold_folder = os.path.join(model, f"fold_{fold}")
+        stats_file = os.path.join(out, "logs", f"{trainer}.stats.json")
+        log = os.path.join(out, "logs", f"{trainer}.train.log")
+        print(f"{trainer}: training {epochs} epochs x {iterations} iterations (log: {log})", flush=True)
+        cmd = [sys.executable, "-m", "nnunet_ssl.cli", "train", name, configuration, str(fold), "-tr", trainer,
+               "-p", plans, "--epochs", str(epochs), "--iters", str(iterations), "-device", device,
+               "--stats-json", stats_file]
+        if val_iterations:
+            cmd += ["--val-iters", str(val_iterations)]
+        if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
+            cmd.append("--c")
+        if not (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")) and os.path.isfile(stats_file)):
+            peak_rss_gb, _ = _run(cmd, log, env)
+            with open(stats_file) as f:
+                stats = json.load(f)
+            stats["peak_rss_gb"] = peak_rss_gb
+            with open(stats_file, "w") as f:
+                json.dump(stats, f, indent=1)
+        with open(stats_file) as f:
+            stats = json.load(f)
+
+        predictions = os.path.join(model, TEST_PREFIX + str(fold))
+        if not os.path.isfile(os.path.join(predictions, "summary_ssl.json")):
+            print(f"{trainer}: predicting {os.path.join(raw, 'imagesTs')}", flush=True)
+            partial = predictions + ".partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            workers = ["-npp", "0", "-nps", "0"] if device == "cpu" else []
+            _run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", partial, "-d", name, "-c",
+                  configuration, "-f", str(fold), "-tr", trainer, "-p", plans, "-device", device,
+                  "--disable_progress_bar"] + workers, os.path.join(out, "logs", f"{trainer}.predict.log"), env)
+            evaluate_folder(os.path.join(raw, "labelsTs"), partial, dataset_json,
+                            os.path.join(partial, "summary_ssl.json"), nsd_tolerance, num_processes)
+            shutil.rmtree(predictions, ignore_errors=True)
+            os.replace(partial, predictions)
+        with open(os.path.join(predictions, "summary_ssl.json")) as f:
+            summary = json.load(f)
+        record = {"trainer": trainer, "dataset": name, "configuration": configuration, "fold": str(fold),
+                  "epochs": epochs, "iterations_per_epoch": iterations, "device": device, **counts,
+                  "n_test": summary["n_cases"], "train_seconds": stats["train_seconds"],
+                  "s_per_iter": stats["s_per_iter"], "peak_rss_gb": stats["peak_rss_gb"],
+                  "peak_gpu_gb": stats["peak_gpu_gb"], "summary_file": os.path.join(predictions, "summary_ssl.json"),
+                  "Dice_mean": summary["foreground"]["Dice"]["mean"],
+                  "Dice_median": summary["foreground"]["Dice"]["median"], "failed_cases": summary["failed_cases"]}
+        with open(record_file + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(record_file + ".tmp", record_file)
+        print(f"{trainer}: mean Dice {record['Dice_mean']:.4f}, median {record['Dice_median']:.4f}, "
+              f"{record['failed_cases']} failed, {record['s_per_iter']:.3f} s/iter", flush=True)
+
+    rows = []
+    for trainer in trainers:
+        with open(os.path.join(out, "records", f"{trainer}.json")) as f:
+            record = json.load(f)
+        with open(record["summary_file"]) as f:
+            summary = json.load(f)
+        rows.append(make_row(summary, **{k: record[k] for k in RECORD_KEYS if k not in
+                                         ("summary_file", "Dice_mean", "Dice_median", "failed_cases")},
+                             evaluation=f"test (fold {fold})", folds=str(fold), folds_missing="",
+                             s_per_epoch=None))
+    budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
+    files = write_leaderboard(rows, out, f"Benchmark: {name} {configuration}, {budget}")
+    table = markdown_table(rows)
+    print(f"\n{table}\n\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
+    return table
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="nnunet_ssl bench-step", description=__doc__,
+    import argparse
+    p = argparse.ArgumentParser(prog="nnunet_ssl benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", required=True)
-    p.add_argument("-c", required=True)
-    p.add_argument("-tr", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher"])
-    p.add_argument("-f", default="0")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--blocks", type=int, default=2)
-    p.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("-d", required=True, help="dataset name or id (raw dataset with imagesUnlabeled, imagesTs, labelsTs)")
+    p.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("-tr", nargs="+", required=True, help="trainers, e.g. nnUNetTrainer nnUNetTrainerMeanTeacher")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--iters", type=int, required=True, help="training iterations per epoch")
+    p.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch "
+                                                               "(default: iters // 5)")
+    p.add_argument("-f", default="all", help="fold (default: all)")
+    p.add_argument("-p", default="nnUNetPlans")
+    p.add_argument("-o", default=None, help="output folder (default: nnunet_ssl_benchmark/<dataset>__<conf>__"
+                                            "<epochs>x<iters>__fold_<f>)")
+    p.add_argument("-device", default="cpu")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm")
+    p.add_argument("-np", type=int, default=2, help="processes for preprocessing and evaluation")
     a = p.parse_args(argv)
-    results = bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device)
-    print(format_results(results, a.tr[0]))
-    print("compute floor ratio: the teacher-student floor (student fwd+bwd on labeled+unlabeled, teacher fwd "
-          "no-grad) over nnUNetTrainer's fwd+bwd, same network, random tensors")
+    run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np)

@@ -1,4 +1,4 @@
-"""`nnunet_ssl` command line: env, preprocess-unlabeled, train, set-inference-weights, demo."""
+"""`nnunet_ssl` command line."""
 import argparse
 import json
 import sys
@@ -50,8 +50,9 @@ def cmd_demo(args):
 
 
 # Subcommands with their own argument parsers: everything after the name is passed on unparsed.
-PASS_THROUGH = {"train": "nnunet_ssl.train", "bench-step": "nnunet_ssl.benchmark",
-                "convert": "nnunet_ssl.dataset_conversion.cli"}
+PASS_THROUGH = {"train": "nnunet_ssl.train", "bench-step": "nnunet_ssl.bench_step",
+                "convert": "nnunet_ssl.dataset_conversion.cli", "evaluate": "nnunet_ssl.metrics",
+                "leaderboard": "nnunet_ssl.leaderboard", "benchmark": "nnunet_ssl.benchmark"}
 
 
 def main(argv=None):
@@ -92,7 +93,10 @@ def main(argv=None):
 
     for name, text in (("train", "nnUNetv2_train with an explicit length (epochs x iterations), any trainer"),
                        ("bench-step", "time training iterations of several trainers in one run"),
-                       ("convert", "public dataset as downloaded -> nnU-Net raw dataset with an unlabeled pool")):
+                       ("convert", "public dataset as downloaded -> nnU-Net raw dataset with an unlabeled pool"),
+                       ("evaluate", "Dice, Jaccard, HD95, ASSD (mm and voxels), NSD of a prediction folder"),
+                       ("leaderboard", "trainers x metrics over CV folds and test sets: Markdown, CSV, plots"),
+                       ("benchmark", "train, predict, evaluate several trainers with one budget (resumable)")):
         sub.add_parser(name, help=text + f" (nnunet_ssl {name} -h)")
 
     p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs Mean Teacher table")
@@ -109,12 +113,13 @@ def main(argv=None):
 
 def _with_clean_errors(run):
     """Expected user errors (bad input) end with their message and exit code 2, not a traceback."""
+    from nnunet_ssl.benchmark import BenchmarkError
     from nnunet_ssl.dataset_conversion.core import ConversionError
     from nnunet_ssl.splits import SplitError
     from nnunet_ssl.unlabeled import UnlabeledPoolError
     try:
         run()
-    except (UnlabeledPoolError, SplitError, ConversionError) as e:
+    except (UnlabeledPoolError, SplitError, ConversionError, BenchmarkError) as e:
         print(f"nnunet_ssl: error: {e}", file=sys.stderr)
         sys.exit(2)
 

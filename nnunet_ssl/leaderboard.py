@@ -1,0 +1,241 @@
+"""`nnunet_ssl leaderboard`: trainers x metrics over cross-validation folds and test sets, as Markdown, CSV, plots.
+
+For each dataset (several datasets = several label budgets of the same data) and trainer it gathers:
+- cross-validation: every fold of splits_final.json whose `fold_X/validation` nnU-Net finished, evaluated
+  against the preprocessed ground truth; missing folds are listed, never silently dropped. Fold `all` has no
+  held-out cases (its validation cases were trained on) and is never reported as cross-validation;
+- test: every `test_predictions_fold_*` folder in the model folder (the benchmark runner writes them, or
+  `nnUNetv2_predict -o <model folder>/test_predictions_fold_<f>`), evaluated against the raw `labelsTs`.
+Metrics are nnunet_ssl.metrics (mean +- std over cases; for CV also std over fold means). Training time per
+epoch comes from the checkpoints' nnU-Net log.
+"""
+import csv
+import json
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from nnunet_ssl.metrics import FAILED_DICE, HIGHER_IS_BETTER, METRICS, evaluate_folder, summarize
+
+TEST_PREFIX = "test_predictions_fold_"
+CSV_COLUMNS = (["dataset", "n_labeled", "n_unlabeled", "trainer", "evaluation", "folds", "folds_missing", "n_cases"]
+               + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+               + ["Dice_fold_std", "Dice_median", "failed_cases", "epochs", "iterations_per_epoch", "s_per_epoch",
+                  "s_per_iter", "peak_rss_gb", "peak_gpu_gb"])
+
+
+def _cached_summary(reference_folder, prediction_folder, dataset_json, nsd_tolerance, num_processes) -> dict:
+    """Evaluate once; re-evaluate when predictions are newer than the summary or the tolerance changed."""
+    out = os.path.join(prediction_folder, "summary_ssl.json")
+    ending = dataset_json["file_ending"]
+    newest = max(os.path.getmtime(os.path.join(prediction_folder, f))
+                 for f in os.listdir(prediction_folder) if f.endswith(ending))
+    if os.path.isfile(out) and os.path.getmtime(out) >= newest:
+        with open(out) as f:
+            summary = json.load(f)
+        if summary["nsd_tolerance_mm"] == nsd_tolerance:
+            return summary
+    return evaluate_folder(reference_folder, prediction_folder, dataset_json, out, nsd_tolerance, num_processes,
+                           cases_from_predictions=True)
+
+
+def training_time(model_folder: str, folds: Sequence[str]) -> dict:
+    """Epochs, iterations per epoch (nnU-Net's debug.json) and mean seconds per epoch (the final
+    checkpoints' log; nnU-Net's epoch time includes its per-epoch validation)."""
+    import torch
+    per_epoch, epochs, iters = [], None, None
+    for fold in folds:
+        folder = os.path.join(model_folder, f"fold_{fold}")
+        if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
+            log = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                             weights_only=False)["logging"]
+            per_epoch += [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
+            epochs = len(log["epoch_end_timestamps"])
+        if os.path.isfile(os.path.join(folder, "debug.json")):
+            with open(os.path.join(folder, "debug.json")) as f:
+                iters = int(json.load(f)["num_iterations_per_epoch"])
+    return {"epochs": epochs, "iterations_per_epoch": iters,
+            "s_per_epoch": float(np.mean(per_epoch)) if per_epoch else None}
+
+
+def make_row(summary: dict, **info) -> dict:
+    fg = summary["foreground"]
+    row = {**info, "n_cases": summary["n_cases"], "Dice_median": fg["Dice"]["median"],
+           "failed_cases": summary["failed_cases"], "case_dice": summary["case_mean_dice"]}
+    for m in METRICS:
+        row[f"{m}_mean"], row[f"{m}_std"] = fg[m]["mean"], fg[m]["std"]
+    return row
+
+
+def dataset_counts(dataset_name: str) -> Dict[str, int]:
+    from nnunetv2.paths import nnUNet_raw
+    from nnunet_ssl.splits import labeled_case_ids
+    from nnunet_ssl.unlabeled import find_unlabeled_cases
+
+    raw = os.path.join(nnUNet_raw, dataset_name)
+    with open(os.path.join(raw, "dataset.json")) as f:
+        dj = json.load(f)
+    unlabeled_folder = os.path.join(raw, "imagesUnlabeled")
+    return {"n_labeled": len(labeled_case_ids(raw, dj)),
+            "n_unlabeled": len(find_unlabeled_cases(raw, dj)) if os.path.isdir(unlabeled_folder) else 0}
+
+
+def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
+            results_folder: str = None, nsd_tolerance: float = 1.0, num_processes: int = 2,
+            extra: Dict[str, dict] = None) -> List[dict]:
+    """Leaderboard rows (cross-validation and test) of one dataset; `extra[trainer]` is merged into its rows."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    name = maybe_convert_to_dataset_name(dataset)
+    results_folder = results_folder or nnUNet_results
+    with open(os.path.join(nnUNet_raw, name, "dataset.json")) as f:
+        dj = json.load(f)
+    splits_file = os.path.join(nnUNet_preprocessed, name, "splits_final.json")
+    n_folds = len(json.load(open(splits_file))) if os.path.isfile(splits_file) else 5
+    base = {"dataset": name, **dataset_counts(name)}
+    rows = []
+    for trainer in trainers:
+        model = os.path.join(results_folder, name, f"{trainer}__{plans}__{configuration}")
+        info = {**base, "trainer": trainer, **(extra or {}).get(trainer, {})}
+        done = [str(f) for f in range(n_folds)
+                if os.path.isfile(os.path.join(model, f"fold_{f}", "validation", "summary.json"))]
+        missing = [str(f) for f in range(n_folds) if str(f) not in done]
+        if done:
+            summaries = [_cached_summary(os.path.join(nnUNet_preprocessed, name, "gt_segmentations"),
+                                         os.path.join(model, f"fold_{f}", "validation"), dj, nsd_tolerance,
+                                         num_processes) for f in done]
+            pooled = summarize([c for s in summaries for c in s["per_case"]])
+            pooled.update(n_cases=sum(s["n_cases"] for s in summaries))
+            fold_dice = [s["foreground"]["Dice"]["mean"] for s in summaries]
+            rows.append(make_row(pooled, **info, **training_time(model, done), evaluation="cross-validation",
+                                 folds=" ".join(done), folds_missing=" ".join(missing),
+                                 Dice_fold_std=float(np.std(fold_dice))))
+        elif os.path.isdir(model):
+            rows.append({**info, "evaluation": "cross-validation", "folds": "", "folds_missing": " ".join(missing)})
+        test_folders = sorted(d for d in os.listdir(model) if d.startswith(TEST_PREFIX)) \
+            if os.path.isdir(model) else []
+        for d in test_folders:
+            fold = d[len(TEST_PREFIX):]
+            summary = _cached_summary(os.path.join(nnUNet_raw, name, "labelsTs"), os.path.join(model, d), dj,
+                                      nsd_tolerance, num_processes)
+            rows.append(make_row(summary, **info, **training_time(model, [fold]), evaluation=f"test (fold {fold})",
+                                 folds=fold, folds_missing=""))
+        if not os.path.isdir(model):
+            rows.append({**info, "evaluation": "missing", "folds": "", "folds_missing": "all (no model folder)"})
+    return rows
+
+
+def _fmt(value, digits=4):
+    if value is None or value == "":
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: List[dict]) -> str:
+    header = ["dataset (labeled/unlabeled)", "trainer", "evaluation", "cases", "Dice", "Jaccard", "HD95 mm",
+              "ASSD mm", "NSD", "HD95 vox", "ASSD vox", "median Dice", f"Dice < {FAILED_DICE}", "s/iter",
+              "s/epoch", "peak RAM GB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        if "Dice_mean" not in r:
+            cells = [f"{r['dataset']} ({r['n_labeled']}/{r['n_unlabeled']})", r["trainer"], r["evaluation"],
+                     f"no results; missing folds: {r['folds_missing']}"] + [""] * (len(header) - 4)
+        else:
+            cells = [f"{r['dataset']} ({r['n_labeled']}/{r['n_unlabeled']})", r["trainer"],
+                     r["evaluation"] + (f", missing folds {r['folds_missing']}" if r.get("folds_missing") else ""),
+                     str(r["n_cases"])]
+            for m in METRICS:
+                digits = 4 if HIGHER_IS_BETTER[m] else 2
+                cells.append(f"{r[m + '_mean']:.{digits}f} ± {r[m + '_std']:.{digits}f}")
+            cells += [_fmt(r["Dice_median"]), str(r["failed_cases"]), _fmt(r.get("s_per_iter"), 3),
+                      _fmt(r.get("s_per_epoch"), 1), _fmt(r.get("peak_rss_gb"), 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboard") -> Dict[str, str]:
+    """leaderboard.md, leaderboard.csv, dice_per_case.png and (several label budgets) dice_vs_labeled.png."""
+    os.makedirs(out_folder, exist_ok=True)
+    files = {"markdown": os.path.join(out_folder, "leaderboard.md"), "csv": os.path.join(out_folder, "leaderboard.csv")}
+    note = (f"Mean ± std over cases. Dice < {FAILED_DICE}: cases whose mean foreground Dice is below {FAILED_DICE}. "
+            "HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at the stated tolerance. "
+            "s/iter: training iterations only (data loading included, validation excluded).")
+    _atomic_write(files["markdown"], f"# {title}\n\n{markdown_table(rows)}\n\n{note}\n")
+    tmp = files["csv"] + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, files["csv"])
+    scored = [r for r in rows if "case_dice" in r]
+    if scored:
+        files["dice_per_case"] = _plot_per_case(scored, os.path.join(out_folder, "dice_per_case.png"))
+        if len({(r["trainer"], r["evaluation"], r["n_labeled"]) for r in scored}) > \
+                len({(r["trainer"], r["evaluation"]) for r in scored}):
+            files["dice_vs_labeled"] = _plot_vs_labeled(scored, os.path.join(out_folder, "dice_vs_labeled.png"))
+    return files
+
+
+def _atomic_write(path, text):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _plot_per_case(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [f"{r['trainer']}\n{r['evaluation']}\n{r['dataset']} L={r['n_labeled']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 5))
+    ax.boxplot([r["case_dice"] for r in rows], showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(rows, start=1):
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(r["case_dice"])), r["case_dice"], s=10, alpha=0.6)
+    ax.axhline(FAILED_DICE, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(1, len(rows) + 1), labels, fontsize=7)
+    ax.set_ylabel("Dice per case (mean over foreground labels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_vs_labeled(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for key in sorted({(r["trainer"], r["evaluation"]) for r in rows}):
+        pts = sorted((r["n_labeled"], r["Dice_mean"], r["Dice_std"]) for r in rows if (r["trainer"], r["evaluation"]) == key)
+        x, y, e = zip(*pts)
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=f"{key[0]} ({key[1]})")
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled cases")
+    ax.set_ylabel("mean Dice")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="nnunet_ssl leaderboard", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", nargs="+", required=True, help="dataset(s); several = label budgets of the same data")
+    p.add_argument("-c", required=True, help="configuration")
+    p.add_argument("-tr", nargs="+", required=True, help="trainers")
+    p.add_argument("-p", default="nnUNetPlans")
+    p.add_argument("--results", default=None, help="results folder (default: $nnUNet_results)")
+    p.add_argument("-o", default="nnunet_ssl_leaderboard", help="output folder")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm")
+    p.add_argument("-np", type=int, default=2)
+    a = p.parse_args(argv)
+    rows = [r for d in a.d for r in collect(d, a.c, a.tr, a.p, a.results, a.nsd_tolerance, a.np)]
+    files = write_leaderboard(rows, a.o, f"Leaderboard: {', '.join(a.d)} {a.c}")
+    print(markdown_table(rows))
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))

@@ -1,0 +1,93 @@
+"""SGRS-Net building blocks (Synergy-Guided Regional Supervision): mix-up, region partition, regional losses.
+
+Equation numbers refer to the paper. Shapes: probabilities (B, C, *spatial), labels and masks (B, *spatial)."""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_MIN_PROB = 1e-8  # floor before log: a probability of 0 would give an infinite loss and NaN gradients
+
+
+def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 divided by log C, so that one tau in [0, 1] means the same whatever the number of classes.
+
+    xlogy makes 0 log 0 = 0; the clamp removes rounding above 1, so that tau = 1 keeps every voxel."""
+    p = probs.float()
+    return (-torch.special.xlogy(p, p).sum(1) / math.log(p.shape[1])).clamp(max=1.0)
+
+
+def entropy_threshold_for_probability(p: float) -> float:
+    """Normalized binary entropy H(p) / ln 2: the tau under which a two-class voxel with max(p, 1 - p) is kept.
+
+    The paper's tau = 0.296 is H(0.425) in base 10 (its code thresholds the probability at 0.425);
+    H(0.425) / ln 2 = 0.9838, so with normalized entropy the default equals the paper's setting in the binary case."""
+    return sum(-q * math.log(q) for q in (p, 1.0 - p) if q > 0) / math.log(2)
+
+
+PAPER_TAU = entropy_threshold_for_probability(0.425)
+
+
+@dataclass
+class SynergyRegions:
+    """Eq. 7-9 partition of the pseudo label: each voxel lies in exactly one of the three (B, *spatial) masks."""
+    disregarded: torch.Tensor  # Delta: uncertain in P_U or P_M, no loss
+    consistent: torch.Tensor  # Omega: confident and same class, CE + Dice (eq. 13)
+    inconsistent: torch.Tensor  # Theta: confident but classes differ, noise-robust losses (eq. 17)
+
+    def fractions(self) -> dict:
+        n = self.disregarded.numel()
+        return {"delta": self.disregarded.sum().item() / n, "omega": self.consistent.sum().item() / n,
+                "theta": self.inconsistent.sum().item() / n}
+
+
+@torch.no_grad()
+def synergy_regions(p_u: torch.Tensor, p_m: torch.Tensor, tau: float) -> SynergyRegions:
+    """Eq. 7-9 on the student's predictions for the unlabeled image (P_U) and its mix-up (P_M).
+
+    Delta uses a strict > on the normalized entropy, so a voxel exactly at tau is kept. Argmax ties go to the
+    lowest class index (torch.argmax). No gradient: the regions select voxels, they are not differentiated."""
+    delta = (normalized_entropy(p_u) > tau) | (normalized_entropy(p_m) > tau)
+    same = p_u.argmax(1) == p_m.argmax(1)
+    return SynergyRegions(disregarded=delta, consistent=same & ~delta, inconsistent=~same & ~delta)
+
+
+def regional_cross_entropy(probs: torch.Tensor, target: torch.Tensor, region: torch.Tensor,
+                           label_smoothing: float = 0.0) -> torch.Tensor:
+    """Eq. 10 (label_smoothing = 0) and eq. 15: -(1 - eps) log p[y] - eps / C sum_j log p_j per voxel.
+
+    Averaged over the region voxels where the paper sums: the mean keeps the weight of the term independent of
+    the region size. An empty region gives a zero that is still on the graph (zero gradient)."""
+    log_p = probs.float().clamp(min=_MIN_PROB).log()
+    nll = -log_p.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    per_voxel = (1.0 - label_smoothing) * nll - label_smoothing * log_p.mean(1)
+    return (per_voxel * region).sum() / region.sum().clamp(min=1)
+
+
+def regional_dice_loss(probs: torch.Tensor, target: torch.Tensor, region: torch.Tensor,
+                       smooth_denominator: float = 0.0) -> torch.Tensor:
+    """Eq. 11 (smooth_denominator = 0) and eq. 16 (eta): 1 - 2 sum p y / (sum p^2 + sum y^2 + eta).
+
+    Sums run over the region voxels and all classes jointly, as the equations write them. An empty region gives
+    no supervision: a graph-connected zero (eq. 11 would be 0/0 there, eq. 16 a constant 1)."""
+    mask = region.unsqueeze(1)
+    p = probs.float() * mask
+    y = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float() * mask
+    denominator = (p * p).sum() + (y * y).sum() + smooth_denominator
+    loss = 1.0 - 2.0 * (p * y).sum() / denominator.clamp(min=_MIN_PROB)
+    return loss * region.any()
+
+
+def mix_up(x_u: torch.Tensor, x_l: torch.Tensor, alpha: float,
+           rng: np.random.Generator = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3-4: x_m = lam x_u + (1 - lam) x_l, lam = max(b, 1 - b), b ~ Beta(alpha, alpha), one lam per sample.
+
+    lam >= 0.5 keeps x_u dominant, which is why the pseudo label of x_u is used for x_m. Unlabeled sample i is
+    mixed with labeled sample i % B_l. rng=None draws from numpy's global state (seeded by np.random.seed)."""
+    b = (np.random if rng is None else rng).beta(alpha, alpha, size=x_u.shape[0])
+    lam = torch.as_tensor(np.maximum(b, 1.0 - b), dtype=x_u.dtype, device=x_u.device)
+    partner = x_l[torch.arange(x_u.shape[0], device=x_l.device) % x_l.shape[0]]
+    w = lam.view(-1, *([1] * (x_u.dim() - 1)))
+    return w * x_u + (1.0 - w) * partner, lam

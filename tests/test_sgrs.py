@@ -1,0 +1,131 @@
+"""nnUNetTrainerSGRS: gradients of each unsupervised term, memory modes, edge regions, and the stock CLIs."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import nnunet_ssl_cli, run_cli
+from test_mean_teacher import make_trainer
+
+SGRS = "nnUNetTrainerSGRS"
+
+
+def _trainer(name=SGRS, **settings):
+    torch.manual_seed(0)
+    trainer = make_trainer(name)
+    for k, v in settings.items():
+        setattr(trainer, k, v)
+    trainer.on_train_start()
+    trainer.warmup_fraction = 0.0  # lambda = 1 from the first step
+    trainer.teacher.update(trainer.network)  # teacher != initial student, as after some training
+    with torch.no_grad():
+        for p in trainer.network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.loss = lambda output, target: 0.0 * output[0].sum()  # isolate the unsupervised terms
+    return trainer
+
+
+def _student_grad(trainer):
+    return sum(p.grad.abs().sum().item() for p in trainer.network.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("mode,term", [("con_everywhere", "con_loss"), ("nr_everywhere", "nr_loss")])
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_each_unsupervised_term_trains_student_never_teacher(dataset_2d, mode, term, low_memory):
+    trainer = _trainer(regions_mode=mode, low_memory=low_memory)
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.step = lambda: None  # keep the gradients for inspection
+    out = trainer.train_step(next(trainer.dataloader_train))
+    other = "nr_loss" if term == "con_loss" else "con_loss"
+    assert out[term] > 0 and out[other] == 0 and float(out["sup_loss"]) == 0
+    assert _student_grad(trainer) > 0
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
+    for k, v in trainer.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k])
+    trainer.on_train_end()
+
+
+def test_zero_weight_sends_no_gradient(dataset_2d):
+    """The check above can fail: with lambda = 0 the same step leaves the student without gradient."""
+    trainer = _trainer(regions_mode="con_everywhere", unsupervised_weight=0.0)
+    trainer.step = lambda: None
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert out["con_loss"] > 0 and _student_grad(trainer) == 0
+    trainer.on_train_end()
+
+
+def test_low_memory_gives_the_joint_gradient(dataset_2d):
+    grads = []
+    batch = None
+    for low_memory in (False, True):
+        trainer = _trainer(low_memory=low_memory)
+        if batch is None:
+            batch, x_u = next(trainer.dataloader_train), trainer.unlabeled_batch()
+        trainer.unlabeled_batch = lambda: x_u.clone()
+        trainer.step = lambda: None
+        np.random.seed(3)  # the same mix-up lambda
+        out = trainer.train_step({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})
+        grads.append(([None if p.grad is None else p.grad.clone() for p in trainer.network.parameters()], out))
+        trainer.on_train_end()
+    (g_joint, out_joint), (g_low, out_low) = grads
+    assert out_joint["omega"] == out_low["omega"] and out_joint["theta"] == out_low["theta"]
+    assert out_joint["con_loss"] == pytest.approx(out_low["con_loss"], rel=1e-5)
+    assert sum(a is not None for a in g_joint) > 0
+    for a, b in zip(g_joint, g_low):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau,expect", [(0.0, "all_delta"), (1.0, "no_delta")])
+def test_edge_regions_stay_finite(dataset_2d, tau, expect):
+    trainer = _trainer(tau=tau)
+    trainer.step = lambda: None
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert all(np.isfinite(float(out[k])) for k in ("loss", "con_loss", "nr_loss"))
+    assert out["delta"] + out["omega"] + out["theta"] == pytest.approx(1.0)
+    if expect == "all_delta":  # softmax outputs are never exactly one-hot: every voxel is disregarded
+        assert out["delta"] == 1.0 and out["con_loss"] == 0 and out["nr_loss"] == 0
+        assert _student_grad(trainer) == 0
+    else:
+        assert out["delta"] == 0.0 and _student_grad(trainer) > 0
+    trainer.on_train_end()
+
+
+def test_no_ma_ablation_flips_back_onto_the_unlabeled_voxels(dataset_2d):
+    trainer = make_trainer("nnUNetTrainerSGRS_NoMA")
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    x_m, to_u = trainer.mixed_view(x, None)
+    assert not torch.equal(x_m, x) and torch.equal(to_u(x_m), x)
+
+
+def _model_folder(nnunet_env, dataset, configuration, fold, trainer=SGRS):
+    return os.path.join(nnunet_env["nnUNet_results"], dataset, f"{trainer}__nnUNetPlans__{configuration}", f"fold_{fold}")
+
+
+def test_cli_train_resume_predict_2d(dataset_2d, nnunet_env, tmp_path):
+    run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", SGRS, "-device", "cpu")
+    folder = _model_folder(nnunet_env, "Dataset801_T2D", "2d", 0)
+    log = open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
+    for key in ("sup_loss", "con_loss", "nr_loss", "lambda", "delta", "omega", "theta"):
+        assert key in log
+    run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", SGRS, "-device", "cpu", "--c", env={"nnUNet_ssl_epochs": "3"})
+    checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
+    assert checkpoint["current_epoch"] == 3 and len(checkpoint["logging"]["omega"]) == 3
+    assert "teacher_weights" in checkpoint
+    out = tmp_path / "pred"
+    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
+            "-f", "0", "-tr", SGRS, "-device", "cpu", "-npp", "0", "-nps", "0")
+    assert len(glob.glob(str(out / "*.png"))) == 2
+
+
+def test_cli_3d_fold_all_low_memory_path(dataset_3d_no_pool, nnunet_env, tmp_path):
+    nnunet_ssl_cli("preprocess-unlabeled", "-d", "802", "-c", "3d_fullres", "-np", "2")
+    run_cli("nnUNetv2_train", "802", "3d_fullres", "all", "-tr", "nnUNetTrainerSGRS_NoMA", "-device", "cpu")
+    out = tmp_path / "pred3d"
+    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_3d_no_pool, "imagesTs"), "-o", out, "-d", "802",
+            "-c", "3d_fullres", "-f", "all", "-tr", "nnUNetTrainerSGRS_NoMA", "-device", "cpu", "-npp", "0",
+            "-nps", "0")
+    assert len(glob.glob(str(out / "*.nii.gz"))) == 2

@@ -1,0 +1,138 @@
+"""SGRS-Net: Synergy-Guided Regional Supervision of pseudo labels (Wang et al., MICCAI 2025) inside nnU-Net.
+
+Per iteration, with the EMA teacher f_T and the student f_S:
+    PLG  Y = argmax softmax f_T(D_U)                                                      (eq. 1-2)
+    MA   D_M = lam D_U + (1 - lam) D_L,  lam = max(b, 1 - b), b ~ Beta(alpha, alpha)      (eq. 3-4)
+    SE   P_U, P_M = softmax f_S(D_U), softmax f_S(D_M)
+         Delta = H(P_U) > tau  or  H(P_M) > tau                                           (eq. 7)
+         Omega = argmax P_U == argmax P_M, not Delta;  Theta = they differ, not Delta      (eq. 9)
+    RLE  L_con = sum_{P in P_U, P_M} CE_Omega(P, Y) + Dice_Omega(P, Y)                    (eq. 13-14)
+         L_NR  = sum_{P in P_U, P_M} CE_Theta^eps(P, Y) + Dice_Theta^eta(P, Y)            (eq. 15-18)
+    L = L_sup + lambda(t) (L_con + L_NR),  lambda(t) = exp(-5 (1 - t / t_warm)^2), 1 after t_warm  (eq. 19-20)
+
+L_sup is nnU-Net's own CE + Dice with deep supervision on D_L; D_U and D_L come with nnU-Net's augmentation.
+H is the entropy normalised by log C (nnunet_ssl.regional), so one tau serves any number of classes; the default
+equals the paper's binary setting (probability threshold 0.425, base-10 entropy 0.296).
+
+Deep supervision: the pseudo label and the three regions are voxel-level decisions made at full resolution;
+downsampling a three-way partition would have to invent region membership at boundaries (a low-resolution
+voxel covers voxels of several regions). So L_con and L_NR use the full-resolution output only; the deep
+supervision heads are trained by L_sup on real labels, as in nnUNetTrainer.
+"""
+import torch
+
+from nnunet_ssl.regional import (PAPER_TAU, mix_up, regional_cross_entropy, regional_dice_loss,
+                                 synergy_regions)
+from nnunet_ssl.trainer import nnUNetTrainerSSL
+
+
+class nnUNetTrainerSGRS(nnUNetTrainerSSL):
+    ema_decay = 0.99  # the authors' code
+    tau = PAPER_TAU  # on normalised entropy: 0.9838 == probability 0.425 in the binary case
+    label_smoothing = 0.2  # epsilon of eq. 15
+    dice_eta = 20.0  # eta of eq. 16
+    mix_alpha = 0.75  # Beta(alpha, alpha) of eq. 3; the paper leaves it open, the authors' code uses 0.75
+    warmup_fraction = 0.4  # t_warm / total iterations (the authors' code: 6000 of 15000)
+    unsupervised_weight = 1.0  # lambda after warm-up (eq. 19)
+    regions_mode = "synergy"  # ablations: "con_everywhere" (L_con on all voxels), "nr_everywhere" (L_NR on all)
+    # D_U and D_M each need a graph; with low_memory they are back-propagated one after the other (regions from
+    # a no-grad forward of D_M, +1 forward) so peak memory stays nnUNetTrainer's. None: on for 3D, off for 2D.
+    low_memory = None
+    ssl_log_keys = ("sup_loss", "con_loss", "nr_loss", "lambda", "delta", "omega", "theta")
+
+    def on_train_start(self):
+        if self.label_manager.has_regions:
+            raise RuntimeError(f"{self.__class__.__name__}: SGRS needs softmax classes (argmax pseudo labels), "
+                               f"this dataset uses region-based training")
+        super().on_train_start()
+
+    # ------------------------------------------------------------------ the method
+    def train_step(self, batch: dict) -> dict:
+        x_l, y_l = self.labeled_batch(batch)
+        x_u = self.unlabeled_batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            sup_loss = self.loss(self.network(x_l), y_l)  # L_sup (eq. 12), nnU-Net's loss
+        self.backward(sup_loss)
+
+        with self.autocast():
+            pseudo_label = self.teacher_probabilities(x_u).argmax(1)  # Y (eq. 1-2)
+            x_m, to_u_geometry = self.mixed_view(x_u, x_l)  # D_M (eq. 3-4)
+        weight = self.unsupervised_weight * self.rampup(self.warmup_fraction)  # lambda(t) (eq. 20)
+        con_loss, nr_loss, regions = self.unlabeled_losses(x_u, x_m, to_u_geometry, pseudo_label, weight)
+        self.step()
+
+        loss = sup_loss.detach() + weight * (con_loss + nr_loss)
+        return {"loss": loss.cpu().numpy(), "sup_loss": sup_loss.detach().cpu().numpy(),
+                "con_loss": float(con_loss), "nr_loss": float(nr_loss), "lambda": weight, **regions.fractions()}
+
+    def unlabeled_losses(self, x_u, x_m, to_u_geometry, pseudo_label, weight):
+        """SE + RLE for P_U and P_M; accumulates lambda (L_con + L_NR) into the student's gradient."""
+        if self.uses_low_memory():
+            with torch.no_grad(), self.autocast():
+                p_m_values = to_u_geometry(self.student_probabilities(x_m))
+            with self.autocast():
+                p_u = self.student_probabilities(x_u)
+                regions = self.regions(p_u, p_m_values)
+                con_u, nr_u = self.regional_losses(p_u, pseudo_label, regions)
+            self.backward(weight * (con_u + nr_u))
+            del p_u
+            with self.autocast():
+                con_m, nr_m = self.regional_losses(to_u_geometry(self.student_probabilities(x_m)), pseudo_label,
+                                                   regions)
+            self.backward(weight * (con_m + nr_m))
+        else:
+            with self.autocast():
+                p_u, p_m = self.student_probabilities(x_u), to_u_geometry(self.student_probabilities(x_m))
+                regions = self.regions(p_u, p_m)
+                (con_u, nr_u), (con_m, nr_m) = (self.regional_losses(p, pseudo_label, regions) for p in (p_u, p_m))
+            self.backward(weight * (con_u + nr_u + con_m + nr_m))
+        return (con_u + con_m).detach(), (nr_u + nr_m).detach(), regions
+
+    def regional_losses(self, probs, pseudo_label, regions):
+        """L_c^Omega (eq. 13) and L_s^Theta (eq. 17) of one prediction; Delta contributes nothing."""
+        omega, theta = regions.consistent, regions.inconsistent
+        con = regional_cross_entropy(probs, pseudo_label, omega) + regional_dice_loss(probs, pseudo_label, omega)
+        nr = (regional_cross_entropy(probs, pseudo_label, theta, self.label_smoothing)
+              + regional_dice_loss(probs, pseudo_label, theta, self.dice_eta))
+        return con, nr
+
+    def regions(self, p_u, p_m):
+        regions = synergy_regions(p_u, p_m, self.tau)  # eq. 7-9
+        if self.regions_mode == "synergy":
+            return regions
+        everywhere, nowhere = torch.ones_like(regions.consistent), torch.zeros_like(regions.consistent)
+        if self.regions_mode == "con_everywhere":
+            return type(regions)(disregarded=nowhere, consistent=everywhere, inconsistent=nowhere)
+        if self.regions_mode == "nr_everywhere":
+            return type(regions)(disregarded=nowhere, consistent=nowhere, inconsistent=everywhere)
+        raise ValueError(f"unknown regions_mode {self.regions_mode!r}")
+
+    def mixed_view(self, x_u, x_l):
+        """D_M and the map that brings a prediction on D_M back onto D_U's voxels (identity for mix-up)."""
+        x_m, _ = mix_up(x_u, x_l, self.mix_alpha)
+        return x_m, lambda prediction: prediction
+
+    def uses_low_memory(self) -> bool:
+        if self.low_memory is None:
+            return len(self.configuration_manager.patch_size) == 3
+        return self.low_memory
+
+
+# ---------------------------------------------------------------------- the paper's ablations (Table 5)
+class nnUNetTrainerSGRS_NoMA(nnUNetTrainerSGRS):
+    """Without mix augmentation: D_M is D_U flipped along its last axis (the prediction is flipped back)."""
+
+    def mixed_view(self, x_u, x_l):
+        return torch.flip(x_u, dims=(-1,)), lambda prediction: torch.flip(prediction, dims=(-1,))
+
+
+class nnUNetTrainerSGRS_ConEverywhere(nnUNetTrainerSGRS):
+    """No synergy evaluation: L_con on every voxel (plain mean-teacher pseudo-labelling with mix-up)."""
+    regions_mode = "con_everywhere"
+
+
+class nnUNetTrainerSGRS_NREverywhere(nnUNetTrainerSGRS):
+    """No synergy evaluation: the noise-robust L_NR on every voxel."""
+    regions_mode = "nr_everywhere"
+
