@@ -26,7 +26,9 @@ def _timed(fn, repeats: int) -> List[float]:
 
 
 def compute_floor(trainer, repeats: int = 10) -> Dict[str, float]:
-    """Seconds for one supervised fwd+bwd (batch B) and for the teacher-student floor (2B fwd+bwd + B fwd)."""
+    """Seconds for one supervised fwd+bwd (batch B) and for the teacher-student floor: the trainer's
+    `student_passes` fwd+bwd of batch B (labeled, unlabeled, and for SGRS the mixed batch) + a no-grad teacher
+    forward."""
     b = trainer.batch_size
     x = torch.randn(b, trainer.num_input_channels, *trainer.configuration_manager.patch_size, device=trainer.device)
     net, teacher = trainer.network, getattr(trainer, "teacher", None) or trainer.network
@@ -38,8 +40,8 @@ def compute_floor(trainer, repeats: int = 10) -> Dict[str, float]:
     def teacher_student():
         with torch.no_grad():
             teacher(x)
-        supervised()  # labeled pass
-        supervised()  # unlabeled pass (separate backward, as the trainers do)
+        for _ in range(getattr(trainer, "student_passes", 1)):  # separate backward per pass, as the trainers do
+            supervised()
 
     supervised(), teacher_student()  # warm-up
     return {"supervised_fwd_bwd": float(np.median(_timed(supervised, repeats))),
@@ -97,5 +99,5 @@ def main(argv=None):
     a = p.parse_args(argv)
     results = bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device)
     print(format_results(results, a.tr[0]))
-    print("compute floor ratio: the teacher-student floor (student fwd+bwd on labeled+unlabeled, teacher fwd "
-          "no-grad) over nnUNetTrainer's fwd+bwd, same network, random tensors")
+    print("compute floor ratio: the teacher-student floor (the trainer's student fwd+bwd passes, e.g. labeled + "
+          "unlabeled, and a no-grad teacher fwd) over nnUNetTrainer's fwd+bwd, same network, random tensors")

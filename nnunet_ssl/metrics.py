@@ -17,6 +17,7 @@ Empty masks (defined, never NaN, so means stay means):
 """
 import json
 import os
+import warnings
 from multiprocessing import get_context
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -59,6 +60,8 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                 "HD95_vox": float(np.linalg.norm(extent)), "ASSD_vox": float(np.linalg.norm(extent))}
     p = torch.from_numpy(pred)[None, None].float()
     r = torch.from_numpy(ref)[None, None].float()
+    # MONAI 1.5/1.6 warns about a deprecated argument that its own metric functions pass internally
+    warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
     for unit, spacing_used in (("mm", spacing_kept), ("vox", None)):
         result[f"HD95_{unit}"] = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95,
                                                                   spacing=spacing_used))

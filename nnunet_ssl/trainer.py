@@ -56,6 +56,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     unlabeled_batch_size: int = None  # None: same as the labeled batch (per GPU under DDP)
     inference_weights: str = "teacher"  # what checkpoint['network_weights'] (-> nnUNetv2_predict) holds
     ssl_log_keys: Tuple[str, ...] = ()  # per-epoch means of these train_step outputs are logged and printed
+    student_passes: int = 2  # student fwd+bwd per step (labeled + unlabeled): the compute floor of bench-step
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -39,6 +39,7 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     # a no-grad forward of D_M, +1 forward) so peak memory stays nnUNetTrainer's. None: on for 3D, off for 2D.
     low_memory = None
     ssl_log_keys = ("sup_loss", "con_loss", "nr_loss", "lambda", "delta", "omega", "theta")
+    student_passes = 3  # D_L, D_U, D_M
 
     def on_train_start(self):
         if self.label_manager.has_regions:
