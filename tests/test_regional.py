@@ -88,13 +88,14 @@ P1, Y, REGION = [0.8, 0.4, 0.3, 0.6], torch.tensor([[1, 0, 1, 0]]), torch.tensor
 
 def test_regional_ce_hand_values():
     probs = two_class(P1)
+    # summed over the 2 region voxels, divided by all 4 voxels of the batch
     assert regional_cross_entropy(probs, Y, REGION).item() == pytest.approx(
-        -(math.log(0.8) + math.log(0.6)) / 2, abs=1e-6)
+        -(math.log(0.8) + math.log(0.6)) / 4, abs=1e-6)
     # eq. 15, eps = 0.2, C = 2: 0.8 * (-log p_y) + 0.1 * (-log p_0 - log p_1)
     v0 = -0.8 * math.log(0.8) - 0.1 * (math.log(0.2) + math.log(0.8))
     v1 = -0.8 * math.log(0.6) - 0.1 * (math.log(0.6) + math.log(0.4))
     assert regional_cross_entropy(probs, Y, REGION, label_smoothing=0.2).item() == pytest.approx(
-        (v0 + v1) / 2, abs=1e-6)
+        (v0 + v1) / 4, abs=1e-6)
     assert (v0 + v1) / 2 == pytest.approx(0.456573, abs=1e-6)
 
 
@@ -106,7 +107,7 @@ def test_regional_ce_matches_torch_cross_entropy(eps):
     region = torch.rand(2, 4, 5, generator=g) > 0.5
     per_voxel = F.cross_entropy(probs.log(), target, label_smoothing=eps, reduction="none")
     assert regional_cross_entropy(probs, target, region, eps).item() == pytest.approx(
-        per_voxel[region].mean().item(), rel=1e-5)
+        per_voxel[region].sum().item() / region.numel(), rel=1e-5)
     everything = torch.ones_like(region)
     assert regional_cross_entropy(probs, target, everything, eps).item() == pytest.approx(
         F.cross_entropy(probs.log(), target, label_smoothing=eps).item(), rel=1e-5)

@@ -120,6 +120,13 @@ def test_cli_train_resume_predict_2d(dataset_2d, nnunet_env, tmp_path):
             "-f", "0", "-tr", SGRS, "-device", "cpu", "-npp", "0", "-nps", "0")
     assert len(glob.glob(str(out / "*.png"))) == 2
 
+    # the leaderboard reads the real fold: fold 0 evaluated, folds 1-3 (leave-one-out of 4) reported missing
+    board = tmp_path / "board"
+    r = nnunet_ssl_cli("leaderboard", "-d", "801", "-c", "2d", "-tr", SGRS, "-o", board, "-np", "1")
+    row = next(line for line in r.stdout.splitlines() if SGRS in line)
+    assert "cross-validation, missing folds 1 2 3 | 1 |" in row
+    assert os.path.isfile(os.path.join(folder, "validation", "summary_ssl.json"))
+
 
 def test_cli_3d_fold_all_low_memory_path(dataset_3d_no_pool, nnunet_env, tmp_path):
     nnunet_ssl_cli("preprocess-unlabeled", "-d", "802", "-c", "3d_fullres", "-np", "2")
