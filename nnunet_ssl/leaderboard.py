@@ -164,7 +164,7 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
             "s/iter: training iterations only (data loading included, validation excluded).")
     _atomic_write(files["markdown"], f"# {title}\n\n{markdown_table(rows)}\n\n{note}\n")
     tmp = files["csv"] + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

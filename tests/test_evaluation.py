@@ -101,7 +101,7 @@ def test_leaderboard_on_fake_results(tmp_path):
     out = tmp_path / "board"
     r = nnunet_ssl_cli("leaderboard", "-d", "905", "-c", "2d", "-tr", "TrainerA", "TrainerB", "-o", out, "-np", "1",
                        env=env)
-    rows = {(row["trainer"], row["evaluation"]): row for row in csv.DictReader(open(out / "leaderboard.csv"))}
+    rows = {(row["trainer"], row["evaluation"]): row for row in csv.DictReader(open(out / "leaderboard.csv", encoding="utf-8"))}
     cv = rows[("TrainerA", "cross-validation")]
     assert float(cv["Dice_mean"]) == pytest.approx(0.9) and cv["folds"] == "0" and cv["folds_missing"] == "1"
     assert float(cv["HD95_vox_mean"]) == pytest.approx(1.0)  # (0 + 2) / 2
@@ -127,7 +127,7 @@ def test_benchmark_runner_two_trainers_resumes_and_keeps_its_budget(dataset_2d, 
         assert 0 <= record["Dice_mean"] <= 1
         assert os.path.isfile(out / "nnUNet_results" / "Dataset801_T2D" / f"{trainer}__nnUNetPlans__2d" /
                               "test_predictions_fold_all" / "summary_ssl.json")
-    table = (out / "leaderboard.md").read_text()
+    table = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "| Dataset801_T2D (4/6) | nnUNetTrainer | test (fold all) | 2 |" in table
     assert "nnUNetTrainerMeanTeacher" in table and (out / "dice_per_case.png").exists()
 
