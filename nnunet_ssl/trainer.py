@@ -49,6 +49,24 @@ def apply_budget_from_env(trainer: nnUNetTrainer) -> Dict[str, int]:
     return applied
 
 
+def budget_and_pool_folder(trainer: nnUNetTrainer):
+    """For a trainer's __init__: apply (and log) the budget from the environment; return the folder of the
+    dataset's preprocessed unlabeled pool for the trainer's configuration (None without a preprocessed dataset)."""
+    budget = apply_budget_from_env(trainer)
+    if budget:
+        trainer.print_to_log_file(f"Training length from environment: {budget}")
+    if trainer.preprocessed_dataset_folder_base is None:
+        return None
+    return preprocessed_pool_folder(trainer.preprocessed_dataset_folder_base,
+                                    trainer.configuration_manager.data_identifier)
+
+
+def check_trainer_pool(trainer: nnUNetTrainer) -> int:
+    """Fail before anything heavy happens when the pool is missing or stale; returns its number of cases."""
+    return check_pool(trainer.unlabeled_pool_folder, trainer.plans_manager.plans, trainer.configuration_name,
+                      trainer.plans_manager.dataset_name, trainer.plans_manager.plans_name)
+
+
 class nnUNetTrainerSSL(nnUNetTrainer):
     """Base class. Class attributes are the method's hyperparameters; subclasses override them."""
 
@@ -61,16 +79,11 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        budget = apply_budget_from_env(self)
-        if budget:
-            self.print_to_log_file(f"Training length from environment: {budget}")
+        self.unlabeled_pool_folder = budget_and_pool_folder(self)
         if self.inference_weights not in ("teacher", "student"):
             raise ValueError(f"inference_weights must be 'teacher' or 'student', got {self.inference_weights!r}")
         self.teacher = None
         self.dataloader_unlabeled = None
-        self.unlabeled_pool_folder = preprocessed_pool_folder(
-            self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier) \
-            if self.preprocessed_dataset_folder_base is not None else None
         self.iteration_in_epoch = 0
 
     # ------------------------------------------------------------------ set-up
@@ -87,8 +100,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             raise RuntimeError(f"{self.__class__.__name__} does not support cascade configurations "
                                f"({self.configuration_name}); use 2d or 3d_fullres")
         # fail before anything heavy happens when the pool is missing or stale
-        n_unlabeled = check_pool(self.unlabeled_pool_folder, self.plans_manager.plans, self.configuration_name,
-                                 self.plans_manager.dataset_name, self.plans_manager.plans_name)
+        n_unlabeled = check_trainer_pool(self)
         super().on_train_start()
         self.dataloader_unlabeled = self.get_unlabeled_dataloader()
         self.print_to_log_file(f"Unlabeled pool: {n_unlabeled} cases from {self.unlabeled_pool_folder}, "

@@ -1,0 +1,210 @@
+"""nnUNetTrainerSelfTraining: rounds, pseudo-label folders, validation cases, resume, reset, stock CLIs.
+
+With conftest's budget (2 epochs x 3 iterations) round 0 is epoch 0 and round 1 (pseudo labels) is epoch 1.
+Each test uses its own fold of Dataset801 (4 labeled, leave-one-out) so their output folders stay apart.
+"""
+import glob
+import json
+import os
+import pickle
+
+import blosc2
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+
+ST = "nnUNetTrainerSelfTraining"
+DATASET = "Dataset801_T2D"
+
+
+def make_trainer(fold):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    return get_trainer_from_args("801", "2d", fold, ST, "nnUNetPlans", device=torch.device("cpu"))
+
+
+def _fold_folder(nnunet_env, fold):
+    return os.path.join(nnunet_env["nnUNet_results"], DATASET, f"{ST}__nnUNetPlans__2d", f"fold_{fold}")
+
+
+def _split(nnunet_env, fold):
+    with open(os.path.join(nnunet_env["nnUNet_preprocessed"], DATASET, "splits_final.json")) as f:
+        return json.load(f)[fold]
+
+
+def _pool_cases(nnunet_env):
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    return sorted(nnUNetDatasetBlosc2.get_identifiers(
+        os.path.join(nnunet_env["nnUNet_preprocessed"], DATASET, "nnUNetPlans_2d_unlabeled")))
+
+
+def _identifiers(folder):
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    return sorted(nnUNetDatasetBlosc2.get_identifiers(folder))
+
+
+def _latest_log(folder):
+    return open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_cli_train_both_rounds_validate_predict(dataset_2d, nnunet_env, tmp_path):
+    run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", ST, "-device", "cpu")
+    folder = _fold_folder(nnunet_env, 0)
+    split, pool = _split(nnunet_env, 0), _pool_cases(nnunet_env)
+    assert len(split["train"]) == 3 and len(split["val"]) == 1 and len(pool) == 6
+
+    # round 1's training set: the fold's 3 labeled training cases + the 6 pool cases, never the validation case
+    round_folder = os.path.join(folder, "self_training", "round_1")
+    assert _identifiers(round_folder) == sorted(split["train"] + pool)
+    assert not set(split["val"]) & set(os.path.splitext(f)[0] for f in os.listdir(round_folder))
+    marker = json.load(open(os.path.join(round_folder, "complete.json")))
+    assert marker["round"] == 1 and marker["labeled_cases"] == 3 and marker["pseudo_labeled_cases"] == 6
+    assert os.path.isfile(marker["source_checkpoint"])
+    for case in pool:
+        seg = blosc2.open(os.path.join(round_folder, case + "_seg.b2nd"), mode="r")[:]
+        data = blosc2.open(os.path.join(round_folder, case + ".b2nd"), mode="r")
+        assert seg.shape == (1, *data.shape[1:])
+        assert set(np.unique(seg).tolist()) <= {-1, 0, 1, 2}
+        properties = pickle.load(open(os.path.join(round_folder, case + ".pkl"), "rb"))
+        assert set(properties["class_locations"]) == {1, 2}
+        for label, locations in properties["class_locations"].items():
+            locations = np.asarray(locations).reshape(-1, 4)
+            assert all(seg[tuple(loc)] == label for loc in locations)
+
+    log = _latest_log(folder)
+    assert "Self-training round 0/1, epochs 0-0: training on 3 labeled + 0 pseudo-labeled cases, " \
+           "validating on 1 labeled case(s)" in log
+    assert "Round 1: pseudo labels of 6 pool cases written" in log
+    assert "Self-training round 1/1, epochs 1-1: training on 3 labeled + 6 pseudo-labeled cases, " \
+           "validating on 1 labeled case(s)" in log
+    assert log.index("Epoch 0") < log.index("pseudo labels of 6") < log.index("Epoch 1")
+
+    # the fold's final validation predicted its real labeled case only
+    assert sorted(os.listdir(os.path.join(folder, "validation"))) == sorted([split["val"][0] + ".png",
+                                                                             "summary.json"])
+    final = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
+    source = torch.load(marker["source_checkpoint"], weights_only=False)
+    assert final["self_training_round"] == 1 and final["current_epoch"] == 2
+    assert source["self_training_round"] == 0 and source["current_epoch"] == 1
+    assert any(not torch.equal(final["network_weights"][k], v) for k, v in source["network_weights"].items())
+
+    out = tmp_path / "pred"
+    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
+            "-f", "0", "-tr", ST, "-device", "cpu", "-npp", "0", "-nps", "0")
+    from PIL import Image
+    predictions = sorted(glob.glob(str(out / "*.png")))
+    assert len(predictions) == 2
+    for p in predictions:
+        seg = np.array(Image.open(p))
+        assert seg.shape == (48, 48) and set(np.unique(seg)) <= {0, 1, 2}
+
+
+def test_round_1_validates_on_real_labeled_cases_only(dataset_2d, nnunet_env):
+    fold = 1
+    split, pool = _split(nnunet_env, fold), _pool_cases(nnunet_env)
+    trainer = make_trainer(fold)
+    trainer.on_train_start()
+    trainer.current_epoch = 1  # first epoch of round 1: pseudo labels, then the round-1 data loaders
+    trainer.on_epoch_start()
+    assert trainer.current_round == 1
+    assert sorted(trainer.dataloader_train.data_loader._data.identifiers) == sorted(split["train"] + pool)
+    assert trainer.dataloader_val.data_loader._data.identifiers == split["val"]
+    assert trainer.do_split()[1] == split["val"]  # the keys perform_actual_validation predicts
+
+
+def test_resume_reuses_pseudo_labels_of_the_same_training(dataset_2d, nnunet_env):
+    fold = 3
+    folder = _fold_folder(nnunet_env, fold)
+    trainer = make_trainer(fold)
+
+    class Interrupted(Exception):
+        pass
+
+    train_step = trainer.train_step
+
+    def interrupted_in_round_1(batch):
+        if trainer.current_epoch == 1:
+            raise Interrupted
+        return train_step(batch)
+
+    trainer.train_step = interrupted_in_round_1
+    with pytest.raises(Interrupted):
+        trainer.run_training()
+    latest = torch.load(os.path.join(folder, "checkpoint_latest.pth"), weights_only=False)
+    assert latest["self_training_round"] == 1 and latest["current_epoch"] == 1
+    round_folder = os.path.join(folder, "self_training", "round_1")
+    files = [os.path.join(round_folder, name) for name in
+             [case + "_seg.b2nd" for case in _pool_cases(nnunet_env)] + ["complete.json"]]  # what the trainer writes
+    stamps = {f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in files}
+
+    run_cli("nnUNetv2_train", "801", "2d", str(fold), "-tr", ST, "-device", "cpu", "--c")
+    assert {f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in files} == stamps
+    log = _latest_log(folder)
+    assert "Epoch 1" in log and "Epoch 0" not in log
+    assert "Self-training round 1/1, epochs 1-1: training on 3 labeled + 6 pseudo-labeled cases" in log
+    assert "pseudo labels of" not in log and "round 0/1" not in log
+    final = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
+    assert final["self_training_round"] == 1 and final["current_epoch"] == 2
+    assert final["self_training_id"] == latest["self_training_id"]
+    assert not os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
+
+    # stopped after the pseudo labels but before round 1's checkpoint: resuming from round 0 reuses them
+    resumed = make_trainer(fold)
+    resumed.load_checkpoint(os.path.join(folder, "checkpoint_round_0.pth"))
+    assert resumed.current_round == 0 and resumed.current_epoch == 1
+    resumed.on_train_start()
+    resumed.on_epoch_start()
+    assert resumed.current_round == 1
+    assert "pseudo labels in " + round_folder + " are complete, reused" in open(resumed.log_file).read()
+    assert {f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in files} == stamps
+
+    # a new training (no --c) in the same folder makes its own pseudo labels
+    new = make_trainer(fold)
+    new.on_train_start()
+    new.current_epoch = 1
+    new.on_epoch_start()
+    assert json.load(open(os.path.join(round_folder, "complete.json")))["training_id"] == new.training_id
+    assert all(os.stat(f).st_ino != stamps[f][0] for f in files)
+
+
+def test_round_start_resets_weights_optimizer_and_lr(dataset_2d, nnunet_env):
+    trainer = make_trainer(2)
+    trainer.on_train_start()
+    trainer.on_epoch_start()
+    trainer.on_train_epoch_start()
+    for _ in range(2):
+        trainer.train_step(next(trainer.dataloader_train))
+    trained = _state(trainer.network)
+    assert trainer.optimizer.state  # SGD momentum buffers
+
+    trainer.current_epoch = 1
+    torch.manual_seed(123)
+    trainer.on_epoch_start()  # round 1: pseudo labels from the trained network, then a fresh start
+    trainer.on_train_epoch_start()
+    reset = _state(trainer.network)
+    torch.manual_seed(123)
+    fresh = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager,
+                                               trainer.num_input_channels,
+                                               trainer.label_manager.num_segmentation_heads, True).state_dict()
+    weights = [k for k in trained if k.endswith(".weight") and trained[k].ndim > 1]  # convolutions
+    assert weights and all(not torch.equal(reset[k], trained[k]) for k in weights)
+    for k in fresh:
+        torch.testing.assert_close(reset[k], fresh[k], msg=k)
+    assert not trainer.optimizer.state
+    assert trainer.optimizer.param_groups[0]["lr"] == trainer.initial_lr  # absolute PolyLR: 0.01 * 0.5^0.9
+
+    # the schedule of a longer budget: PolyLR over each round's own epochs
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    scheduler = type(trainer.lr_scheduler)(optimizer, 0.01, [0, 5, 7, 10])
+    lrs = []
+    for epoch in range(10):
+        scheduler.step(epoch)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == lrs[5] == lrs[7] == 0.01
+    assert lrs[4] == pytest.approx(0.01 * (1 - 4 / 5) ** 0.9) and lrs[6] == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert lrs[9] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)

@@ -1,0 +1,224 @@
+"""Self-training (Zhu & Tian, "A Simple Self-labeling Method for Semi-supervised Medical Image Segmentation",
+FLARE 2022) inside nnU-Net.
+
+    round 0:  f_0 = nnU-Net trained on the fold's labeled cases D_L
+    round k:  Y_U = argmax f_{k-1}(D_U)   (nnU-Net's sliding-window inference on the preprocessed pool)
+              f_k = nnU-Net trained from scratch on D_L + (D_U, Y_U)
+    predict with f_R (checkpoint_final), R = rounds
+
+The budget is nnU-Net's num_epochs: round 0 gets `first_stage_fraction` of the epochs, the rest is split
+equally over the rounds; each round restarts weights, optimizer, PolyLR and grad scaler. The fold's
+validation cases are always the real labeled ones. Round k's training set is written once to
+<fold>/self_training/round_<k>/ (links to the preprocessed labeled cases and pool images, pseudo segmentations,
+complete.json); the network that made it is kept as checkpoint_round_<k-1>.pth, and checkpoint_latest.pth is
+written right after the reset, so `--c` resumes in any round and reuses a complete folder.
+"""
+import json
+import os
+import uuid
+from bisect import bisect_right
+from typing import List
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join, write_pickle
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import TORCH_HAS_OLD_GRADSCALER, GradScaler, nnUNetTrainer
+from tqdm import tqdm
+
+from nnunet_ssl.atomic import atomic_folder
+from nnunet_ssl.ema import unwrap
+from nnunet_ssl.pseudo_labels import splits_with_pseudo_labeled
+from nnunet_ssl.trainer import budget_and_pool_folder, check_trainer_pool
+
+MARKER = "complete.json"
+
+
+class RoundPolyLR(PolyLRScheduler):
+    """nnU-Net's PolyLR restarted at every round: lr = initial_lr (1 - (epoch - start) / (end - start))^0.9."""
+
+    def __init__(self, optimizer, initial_lr: float, bounds: List[int]):
+        self.bounds = bounds  # [0, first epoch of round 1, ..., num_epochs]
+        super().__init__(optimizer, initial_lr, bounds[-1])
+
+    def step(self, current_step=None):
+        epoch = current_step or 0  # None only for the initial step in __init__
+        k = min(bisect_right(self.bounds, epoch), len(self.bounds) - 1) - 1
+        self.max_steps = self.bounds[k + 1] - self.bounds[k]
+        super().step(epoch - self.bounds[k])
+
+
+def link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # no extra space, and survives a later re-preprocessing of src
+    except OSError:  # another file system: a copy of a 3D pool could take hundreds of GB
+        os.symlink(os.path.abspath(src), dst)
+
+
+class nnUNetTrainerSelfTraining(nnUNetTrainer):
+    rounds = 1  # pseudo-label + retrain rounds
+    first_stage_fraction = 0.5  # share of num_epochs for round 0 (labeled only)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.unlabeled_pool_folder = budget_and_pool_folder(self)
+        self.current_round = 0
+        # a new training (not --c) must not reuse the pseudo labels of an earlier one in the same folder
+        self.training_id = uuid.uuid4().hex
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def round_starts(self) -> List[int]:
+        """First epoch of rounds 0..R."""
+        first = round(self.first_stage_fraction * self.num_epochs)
+        rest = self.num_epochs - first
+        return [0] + [first + k * rest // self.rounds for k in range(self.rounds)]
+
+    def round_of(self, epoch: int) -> int:
+        return bisect_right(self.round_starts, epoch) - 1
+
+    def round_folder(self, k: int) -> str:
+        return join(self.output_folder, "self_training", f"round_{k}")
+
+    def configure_optimizers(self):
+        optimizer, _ = super().configure_optimizers()
+        return optimizer, RoundPolyLR(optimizer, self.initial_lr, self.round_starts + [self.num_epochs])
+
+    # ------------------------------------------------------------------ set-up
+    def on_train_start(self):
+        if self.is_cascaded or self.is_ddp:
+            raise RuntimeError(f"{self.__class__.__name__} supports single-GPU 2d and 3d_fullres training only")
+        starts = self.round_starts + [self.num_epochs]
+        if any(a >= b for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"{self.num_epochs} epochs cannot give round 0 and {self.rounds} round(s) at least one "
+                             f"epoch each (first_stage_fraction {self.first_stage_fraction})")
+        n_unlabeled = check_trainer_pool(self)
+        super().on_train_start()
+        if self.dataset_class is not nnUNetDatasetBlosc2:  # the round folders join labeled cases and the pool
+            raise RuntimeError(f"{self.preprocessed_dataset_folder}: not in nnU-Net's Blosc2 format; re-run "
+                               f"nnUNetv2_preprocess with nnU-Net 2.8")
+        self.print_to_log_file(f"Self-training: {self.rounds} round(s), first epochs {self.round_starts} of "
+                               f"{self.num_epochs}; unlabeled pool: {n_unlabeled} cases from "
+                               f"{self.unlabeled_pool_folder}")
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        n_labeled = len(dataset_tr.identifiers)
+        if self.current_round > 0:  # validation stays the fold's real labeled cases
+            dataset_tr = nnUNetDatasetBlosc2(self.round_folder(self.current_round))
+        bounds = self.round_starts + [self.num_epochs]
+        self.print_to_log_file(
+            f"Self-training round {self.current_round}/{self.rounds}, epochs {bounds[self.current_round]}-"
+            f"{bounds[self.current_round + 1] - 1}: training on {n_labeled} labeled + "
+            f"{len(dataset_tr.identifiers) - n_labeled} pseudo-labeled cases, validating on "
+            f"{len(dataset_val.identifiers)} labeled case(s)")
+        return dataset_tr, dataset_val
+
+    # ------------------------------------------------------------------ round boundaries
+    def on_epoch_start(self):
+        while self.current_round < self.round_of(self.current_epoch):
+            self.start_round(self.current_round + 1)
+        super().on_epoch_start()
+
+    def start_round(self, k: int) -> None:
+        folder = self.round_folder(k)
+        if self.pseudo_labels_complete(folder):
+            self.print_to_log_file(f"Round {k}: pseudo labels in {folder} are complete, reused")
+        else:
+            source = join(self.output_folder, f"checkpoint_round_{k - 1}.pth")
+            self.save_checkpoint_at_epoch_start(source)
+            self.write_round_folder(k, folder, source)
+        # from scratch: nnU-Net's initialisation of a new network, a new optimizer (no momentum), LR and scaler
+        fresh = self.build_network_architecture(self.plans_manager, self.configuration_manager,
+                                                self.num_input_channels, self.label_manager.num_segmentation_heads,
+                                                self.enable_deep_supervision)
+        unwrap(self.network).load_state_dict(fresh.state_dict())
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        if self.grad_scaler is not None:
+            self.grad_scaler = GradScaler() if TORCH_HAS_OLD_GRADSCALER else GradScaler("cuda")
+        self._best_ema = None  # checkpoint_best is chosen within the last round, never a model of an earlier one
+        self.current_round = k
+        for loader in (self.dataloader_train, self.dataloader_val):
+            if isinstance(loader, NonDetMultiThreadedAugmenter):
+                loader._finish()
+        self.dataloader_train, self.dataloader_val = self.get_dataloaders()
+        self.save_checkpoint_at_epoch_start(join(self.output_folder, "checkpoint_latest.pth"))
+
+    def pseudo_labels_complete(self, folder: str) -> bool:
+        marker = join(folder, MARKER)
+        if not os.path.isfile(marker):
+            return False
+        with open(marker) as f:
+            return json.load(f)["training_id"] == self.training_id
+
+    def write_round_folder(self, k: int, folder: str, source_checkpoint: str) -> None:
+        """The fold's labeled training cases (links) and every pool case with the current network's pseudo
+        segmentation, in nnU-Net's preprocessed format; written completely or not at all."""
+        tr_keys, val_keys = self.do_split()
+        pool = nnUNetDatasetBlosc2(self.unlabeled_pool_folder)
+        try:
+            splits_with_pseudo_labeled([{"train": tr_keys, "val": val_keys}], pool.identifiers)
+        except ValueError as e:
+            raise RuntimeError(f"{self.unlabeled_pool_folder}: {e}") from None
+        self.set_deep_supervision_enabled(False)
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=True, device=self.device, verbose=False,
+                                    allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        lm = self.label_manager
+        classes = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+        if lm.has_ignore_label:  # the data loader samples annotated voxels by this key, as nnU-Net's preprocessor
+            classes = classes + [[-1] + lm.all_labels]
+        with atomic_folder(folder) as tmp:
+            for key in tr_keys:
+                for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+                    link(join(self.preprocessed_dataset_folder, key + suffix), join(tmp, key + suffix))
+            for case in tqdm(pool.identifiers, desc=f"Pseudo-labelling the unlabeled pool (round {k})"):
+                data, nonzero_seg, _, properties = pool.load_case(case)
+                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data[:])).cpu()
+                seg = lm.convert_logits_to_segmentation(logits).numpy().astype(np.int16)[None]
+                seg[(seg == 0) & (nonzero_seg[:] < 0)] = -1  # outside the nonzero mask, as crop_to_nonzero marks it
+                properties["class_locations"] = \
+                    self.configuration_manager.preprocessor_class._sample_foreground_locations(seg, classes)
+                link(join(self.unlabeled_pool_folder, case + ".b2nd"), join(tmp, case + ".b2nd"))
+                blocks, chunks = comp_blosc2_params(seg.shape, tuple(self.configuration_manager.patch_size),
+                                                    seg.itemsize)
+                nnUNetDatasetBlosc2.save_seg(seg, join(tmp, case + "_seg"), chunks, blocks)
+                write_pickle(properties, join(tmp, case + ".pkl"))
+            with open(join(tmp, MARKER), "w") as f:
+                json.dump({"round": k, "labeled_cases": len(tr_keys), "pseudo_labeled_cases": len(pool.identifiers),
+                           "source_checkpoint": source_checkpoint, "training_id": self.training_id}, f, indent=1)
+        self.set_deep_supervision_enabled(self.enable_deep_supervision)
+        self.print_to_log_file(f"Round {k}: pseudo labels of {len(pool.identifiers)} pool cases written to {folder}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint_at_epoch_start(self, filename: str) -> None:
+        self.current_epoch -= 1  # nnU-Net stores current_epoch + 1, the epoch to resume at
+        self.save_checkpoint(filename)
+        self.current_epoch += 1
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint["self_training_round"] = self.current_round
+        checkpoint["self_training_id"] = self.training_id
+        torch.save(checkpoint, filename + ".tmp")
+        os.replace(filename + ".tmp", filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if "self_training_round" not in checkpoint:
+            raise RuntimeError(f"checkpoint was not written by {self.__class__.__name__} (no self-training round)")
+        self.current_round = checkpoint["self_training_round"]
+        self.training_id = checkpoint["self_training_id"]
