@@ -12,19 +12,22 @@ import numpy as np
 
 
 def agreement(a: np.ndarray, b: np.ndarray, labels: Iterable[int]) -> float:
-    """Mean Dice over `labels` (the foreground labels) of two label maps of one case. A label absent from both
-    maps agrees perfectly (Dice 1): two empty predictions are the same prediction."""
+    """Mean Dice of two label maps of one case over those of `labels` (the foreground labels) present in
+    either map; 1 when neither map has any of them (two empty predictions are the same prediction). A label
+    absent from both is left out rather than counted as agreeing, which would hide a change of the others."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"segmentations of different shapes: {a.shape} vs {b.shape}")
+    labels = list(labels)
+    if not labels:
+        raise ValueError("no foreground labels to compare")
     dices = []
     for label in labels:
         in_a, in_b = a == label, b == label
         total = int(in_a.sum()) + int(in_b.sum())
-        dices.append(1.0 if total == 0 else 2.0 * int(np.logical_and(in_a, in_b).sum()) / total)
-    if not dices:
-        raise ValueError("no foreground labels to compare")
-    return float(np.mean(dices))
+        if total:
+            dices.append(2.0 * int(np.logical_and(in_a, in_b).sum()) / total)
+    return float(np.mean(dices)) if dices else 1.0
 
 
 def ensemble_agreement(ensemble: np.ndarray, members: Sequence[np.ndarray], labels: Iterable[int]) -> float:

@@ -13,8 +13,9 @@ def test_agreement_is_mean_foreground_dice():
     a[3, 3] = 2  # label 2: only in a -> Dice 0
     assert agreement(a, b, [1, 2]) == pytest.approx((4 / 6 + 0) / 2)
     assert agreement(a, a, [1, 2]) == 1.0
-    # a label absent from both maps agrees; background is not a label here
-    assert agreement(a, b, [1, 3]) == pytest.approx((4 / 6 + 1) / 2)
+    # a label absent from both maps is left out (it would dilute the change of label 1)
+    assert agreement(a, b, [1, 3]) == pytest.approx(4 / 6)
+    assert agreement(np.zeros(3), np.zeros(3), [1, 2]) == 1.0  # both empty: the same prediction
     with pytest.raises(ValueError, match="shapes"):
         agreement(a, b[:3], [1])
     with pytest.raises(ValueError, match="no foreground"):

@@ -208,3 +208,48 @@ def test_round_start_resets_weights_optimizer_and_lr(dataset_2d, nnunet_env):
     assert lrs[0] == lrs[5] == lrs[7] == 0.01
     assert lrs[4] == pytest.approx(0.01 * (1 - 4 / 5) ** 0.9) and lrs[6] == pytest.approx(0.01 * 0.5 ** 0.9)
     assert lrs[9] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)
+
+
+def test_round_2_drops_cases_whose_pseudo_label_changed(dataset_2d, nnunet_env, monkeypatch):
+    """Two rounds with min_round_agreement = 1: a pool case whose round-2 pseudo label differs from round 1's is
+    left out of round 2's training set (kept in dropped/), an unchanged one is kept; counts in log and marker."""
+    trainer = make_trainer("all")
+    trainer.rounds, trainer.first_stage_fraction, trainer.num_epochs = 2, 1 / 3, 3  # rounds start at 0, 1, 2
+    trainer.min_round_agreement = 1.0
+    pool = _pool_cases(nnunet_env)
+    changed = set(pool[::2])
+
+    def fake_pseudo_segmentation(predictor, data):  # round 1: top half; round 2: bottom half for `changed`
+        seg = np.zeros((1, *data.shape[1:]), np.int16)
+        half = data.shape[-2] // 2
+        moved = trainer.current_round == 1 and case_of(data) in changed
+        (seg[..., half:, :] if moved else seg[..., :half, :]).fill(1)
+        return seg
+
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    pool_data = nnUNetDatasetBlosc2(os.path.join(nnunet_env["nnUNet_preprocessed"], DATASET,
+                                                 "nnUNetPlans_2d_unlabeled"))
+    images = {case: torch.from_numpy(pool_data.load_case(case)[0][:]) for case in pool}
+
+    def case_of(data):
+        return next(c for c, image in images.items() if torch.equal(image, data))
+
+    monkeypatch.setattr(trainer, "pseudo_segmentation", fake_pseudo_segmentation)
+    trainer.on_train_start()
+    for epoch in (1, 2):
+        trainer.current_epoch = epoch
+        trainer.on_epoch_start()
+    folder = _fold_folder(nnunet_env, "all")
+    round_1, round_2 = (os.path.join(folder, "self_training", f"round_{k}") for k in (1, 2))
+    labeled = _split(nnunet_env, 0)["train"] + _split(nnunet_env, 0)["val"]
+    assert _identifiers(round_1) == sorted(labeled + pool)  # round 1 is never filtered
+    assert _identifiers(round_2) == sorted(labeled + [c for c in pool if c not in changed])
+    assert sorted(trainer.dataloader_train.data_loader._data.identifiers) == _identifiers(round_2)
+    dropped = sorted(f[:-len("_seg.b2nd")] for f in os.listdir(os.path.join(round_2, "dropped"))
+                     if f.endswith("_seg.b2nd"))
+    assert dropped == sorted(changed)
+    marker = json.load(open(os.path.join(round_2, "complete.json")))
+    assert marker["dropped_cases"] == sorted(changed) and marker["pseudo_labeled_cases"] == len(pool) - len(changed)
+    assert marker["agreement_with_previous_round"] == {c: 0.0 if c in changed else 1.0 for c in pool}
+    assert (f"kept {len(pool) - len(changed)} of {len(pool)} (agreement with round 1 >= 1.0), "
+            f"dropped {len(changed)}") in open(trainer.log_file).read()

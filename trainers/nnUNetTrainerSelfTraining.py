@@ -11,7 +11,8 @@ equally over the rounds; each round restarts weights, optimizer, PolyLR and grad
 validation cases are always the real labeled ones. Round k's training set is written once to
 <fold>/self_training/round_<k>/ (links to the preprocessed labeled cases and pool images, pseudo segmentations,
 complete.json); the network that made it is kept as checkpoint_round_<k-1>.pth, and checkpoint_latest.pth is
-written right after the reset, so `--c` resumes in any round and reuses a complete folder.
+written right after the reset, so `--c` resumes in any round and reuses a complete folder. From round 2 on,
+`min_round_agreement` drops pool cases whose pseudo label changed too much since the previous round.
 """
 import json
 import os
@@ -19,6 +20,7 @@ import uuid
 from bisect import bisect_right
 from typing import List
 
+import blosc2
 import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
@@ -31,10 +33,11 @@ from tqdm import tqdm
 
 from nnunet_ssl.atomic import atomic_folder
 from nnunet_ssl.ema import unwrap
-from nnunet_ssl.pseudo_labels import splits_with_pseudo_labeled
+from nnunet_ssl.pseudo_labels import agreement, keep_stable, splits_with_pseudo_labeled
 from nnunet_ssl.trainer import budget_and_pool_folder, check_trainer_pool
 
 MARKER = "complete.json"
+DROPPED = "dropped"  # a round's pseudo labels left out of its training set, kept for the next round's comparison
 
 
 class RoundPolyLR(PolyLRScheduler):
@@ -61,6 +64,9 @@ def link(src: str, dst: str) -> None:
 class nnUNetTrainerSelfTraining(nnUNetTrainer):
     rounds = 1  # pseudo-label + retrain rounds
     first_stage_fraction = 0.5  # share of num_epochs for round 0 (labeled only)
+    # rounds >= 2: keep a pool case only if its pseudo label agrees (mean foreground Dice) at least this much with
+    # the previous round's, as FLARE22's winners filtered unstable cases; None keeps every case
+    min_round_agreement = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -156,46 +162,81 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
             return json.load(f)["training_id"] == self.training_id
 
     def write_round_folder(self, k: int, folder: str, source_checkpoint: str) -> None:
-        """The fold's labeled training cases (links) and every pool case with the current network's pseudo
-        segmentation, in nnU-Net's preprocessed format; written completely or not at all."""
+        """The fold's labeled training cases (links) and the pool cases with the current network's pseudo
+        segmentation, in nnU-Net's preprocessed format; written completely or not at all. From round 2 on,
+        with `min_round_agreement` set, cases whose pseudo label changed too much since the previous round go
+        to `dropped/` (kept there for the next round's comparison) instead of the training set."""
         tr_keys, val_keys = self.do_split()
         pool = nnUNetDatasetBlosc2(self.unlabeled_pool_folder)
         try:
             splits_with_pseudo_labeled([{"train": tr_keys, "val": val_keys}], pool.identifiers)
         except ValueError as e:
             raise RuntimeError(f"{self.unlabeled_pool_folder}: {e}") from None
-        self.set_deep_supervision_enabled(False)
+        filtering = k >= 2 and self.min_round_agreement is not None
+        lm = self.label_manager
+        classes = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+        if lm.has_ignore_label:  # the data loader samples annotated voxels by this key, as nnU-Net's preprocessor
+            classes = classes + [[-1] + lm.all_labels]
+        scores = {}
+        predictor = self.pseudo_label_predictor()
+        with atomic_folder(folder) as tmp:
+            os.makedirs(join(tmp, DROPPED))
+            for case in tqdm(pool.identifiers, desc=f"Pseudo-labelling the unlabeled pool (round {k})"):
+                data, nonzero_seg, _, properties = pool.load_case(case)
+                seg = self.pseudo_segmentation(predictor, torch.from_numpy(data[:]))
+                seg[(seg == 0) & (nonzero_seg[:] < 0)] = -1  # outside the nonzero mask, as crop_to_nonzero marks it
+                if filtering:
+                    scores[case] = agreement(self.previous_pseudo_segmentation(k, case), seg, lm.foreground_labels)
+                properties["class_locations"] = \
+                    self.configuration_manager.preprocessor_class._sample_foreground_locations(seg, classes)
+                blocks, chunks = comp_blosc2_params(seg.shape, tuple(self.configuration_manager.patch_size),
+                                                    seg.itemsize)
+                nnUNetDatasetBlosc2.save_seg(seg, join(tmp, DROPPED, case + "_seg"), chunks, blocks)
+                write_pickle(properties, join(tmp, DROPPED, case + ".pkl"))
+            kept, dropped = keep_stable(scores, self.min_round_agreement) if filtering else (pool.identifiers, [])
+            for case in kept:  # into the training set: the pool image, the pseudo segmentation and properties
+                link(join(self.unlabeled_pool_folder, case + ".b2nd"), join(tmp, case + ".b2nd"))
+                for suffix in ("_seg.b2nd", ".pkl"):
+                    os.replace(join(tmp, DROPPED, case + suffix), join(tmp, case + suffix))
+            for key in tr_keys:
+                for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+                    link(join(self.preprocessed_dataset_folder, key + suffix), join(tmp, key + suffix))
+            with open(join(tmp, MARKER), "w") as f:
+                json.dump({"round": k, "labeled_cases": len(tr_keys), "pseudo_labeled_cases": len(kept),
+                           "dropped_cases": dropped, "min_round_agreement": self.min_round_agreement if filtering
+                           else None, "agreement_with_previous_round": scores,
+                           "source_checkpoint": source_checkpoint, "training_id": self.training_id}, f, indent=1)
+        summary = f"Round {k}: pseudo labels of {len(pool.identifiers)} pool cases written to {folder}"
+        if filtering:
+            summary += (f"; kept {len(kept)} of {len(pool.identifiers)} (agreement with round {k - 1} >= "
+                        f"{self.min_round_agreement}), dropped {len(dropped)}")
+        self.print_to_log_file(summary)
+
+    def pseudo_label_predictor(self) -> nnUNetPredictor:
+        """nnU-Net's sliding-window predictor around the network being trained, with the trainer's mirroring."""
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                     perform_everything_on_device=True, device=self.device, verbose=False,
                                     allow_tqdm=False)
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
-        lm = self.label_manager
-        classes = lm.foreground_regions if lm.has_regions else lm.foreground_labels
-        if lm.has_ignore_label:  # the data loader samples annotated voxels by this key, as nnU-Net's preprocessor
-            classes = classes + [[-1] + lm.all_labels]
-        with atomic_folder(folder) as tmp:
-            for key in tr_keys:
-                for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
-                    link(join(self.preprocessed_dataset_folder, key + suffix), join(tmp, key + suffix))
-            for case in tqdm(pool.identifiers, desc=f"Pseudo-labelling the unlabeled pool (round {k})"):
-                data, nonzero_seg, _, properties = pool.load_case(case)
-                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data[:])).cpu()
-                seg = lm.convert_logits_to_segmentation(logits).numpy().astype(np.int16)[None]
-                seg[(seg == 0) & (nonzero_seg[:] < 0)] = -1  # outside the nonzero mask, as crop_to_nonzero marks it
-                properties["class_locations"] = \
-                    self.configuration_manager.preprocessor_class._sample_foreground_locations(seg, classes)
-                link(join(self.unlabeled_pool_folder, case + ".b2nd"), join(tmp, case + ".b2nd"))
-                blocks, chunks = comp_blosc2_params(seg.shape, tuple(self.configuration_manager.patch_size),
-                                                    seg.itemsize)
-                nnUNetDatasetBlosc2.save_seg(seg, join(tmp, case + "_seg"), chunks, blocks)
-                write_pickle(properties, join(tmp, case + ".pkl"))
-            with open(join(tmp, MARKER), "w") as f:
-                json.dump({"round": k, "labeled_cases": len(tr_keys), "pseudo_labeled_cases": len(pool.identifiers),
-                           "source_checkpoint": source_checkpoint, "training_id": self.training_id}, f, indent=1)
-        self.set_deep_supervision_enabled(self.enable_deep_supervision)
-        self.print_to_log_file(f"Round {k}: pseudo labels of {len(pool.identifiers)} pool cases written to {folder}")
+        return predictor
+
+    def pseudo_segmentation(self, predictor: nnUNetPredictor, data: torch.Tensor) -> np.ndarray:
+        """Y_U = argmax f(D_U) for one preprocessed case: (1, *spatial) int16 labels."""
+        self.set_deep_supervision_enabled(False)  # the predictor expects one output
+        try:
+            logits = predictor.predict_sliding_window_return_logits(data).cpu()
+        finally:
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
+        return self.label_manager.convert_logits_to_segmentation(logits).numpy().astype(np.int16)[None]
+
+    def previous_pseudo_segmentation(self, k: int, case: str) -> np.ndarray:
+        previous = self.round_folder(k - 1)
+        path = join(previous, case + "_seg.b2nd")
+        if not os.path.isfile(path):
+            path = join(previous, DROPPED, case + "_seg.b2nd")
+        return blosc2.open(path, mode="r")[:]
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint_at_epoch_start(self, filename: str) -> None:
