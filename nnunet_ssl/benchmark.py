@@ -22,9 +22,9 @@ Output folder layout (stable; the project's issues report numbers from it):
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
+
+from nnunet_ssl.runner import run_logged
 
 RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterations_per_epoch", "device",
                "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter", "peak_rss_gb", "peak_gpu_gb",
@@ -37,16 +37,7 @@ class BenchmarkError(RuntimeError):
 
 def _run(cmd, log, env):
     """Run a command, its output to `log`; returns (peak RSS of the process tree's largest process in GB, s)."""
-    start = time.time()
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not every child's so far
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise BenchmarkError(f"command failed (exit {proc.returncode}): {' '.join(cmd)}\nsee {log}")
-    return usage.ru_maxrss / 2 ** 20, time.time() - start  # ru_maxrss is in KiB on Linux
+    return run_logged(cmd, log, env, BenchmarkError)
 
 
 def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: dict, num_processes: int) -> None:

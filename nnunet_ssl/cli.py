@@ -52,7 +52,8 @@ def cmd_demo(args):
 # Subcommands with their own argument parsers: everything after the name is passed on unparsed.
 PASS_THROUGH = {"train": "nnunet_ssl.train", "bench-step": "nnunet_ssl.bench_step",
                 "convert": "nnunet_ssl.dataset_conversion.cli", "evaluate": "nnunet_ssl.metrics",
-                "leaderboard": "nnunet_ssl.leaderboard", "benchmark": "nnunet_ssl.benchmark"}
+                "leaderboard": "nnunet_ssl.leaderboard", "benchmark": "nnunet_ssl.benchmark",
+                "self-train": "nnunet_ssl.self_train"}
 
 
 def main(argv=None):
@@ -96,7 +97,9 @@ def main(argv=None):
                        ("convert", "public dataset as downloaded -> nnU-Net raw dataset with an unlabeled pool"),
                        ("evaluate", "Dice, Jaccard, HD95, ASSD (mm and voxels), NSD of a prediction folder"),
                        ("leaderboard", "trainers x metrics over CV folds and test sets: Markdown, CSV, plots"),
-                       ("benchmark", "train, predict, evaluate several trainers with one budget (resumable)")):
+                       ("benchmark", "train, predict, evaluate several trainers with one budget (resumable)"),
+                       ("self-train", "self-training rounds with stock nnU-Net: train, predict the pool (in parts), "
+                                      "build a dataset with pseudo labels, train again (resumable)")):
         sub.add_parser(name, help=text + f" (nnunet_ssl {name} -h)")
 
     p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs Mean Teacher table")
@@ -115,11 +118,12 @@ def _with_clean_errors(run):
     """Expected user errors (bad input) end with their message and exit code 2, not a traceback."""
     from nnunet_ssl.benchmark import BenchmarkError
     from nnunet_ssl.dataset_conversion.core import ConversionError
+    from nnunet_ssl.self_train import SelfTrainError
     from nnunet_ssl.splits import SplitError
     from nnunet_ssl.unlabeled import UnlabeledPoolError
     try:
         run()
-    except (UnlabeledPoolError, SplitError, ConversionError, BenchmarkError) as e:
+    except (UnlabeledPoolError, SplitError, ConversionError, BenchmarkError, SelfTrainError) as e:
         print(f"nnunet_ssl: error: {e}", file=sys.stderr)
         sys.exit(2)
 

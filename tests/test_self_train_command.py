@@ -1,0 +1,278 @@
+"""`nnunet_ssl self-train` end to end on a tiny 2D dataset on CPU: two rounds with the change filter, a run split
+into parts, a resumed training, the splits of the round datasets, and clean errors for bad input."""
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import nnunet_ssl_cli, prepare
+from nnunet_ssl.pseudo_labels import splits_with_pseudo_labeled
+
+SOURCE = "Dataset806_T2D"
+WORK = "self_train_nnUNetTrainer__nnUNetPlans__2d"
+BUDGET = ["--epochs", "2", "--iters", "3", "--val-iters", "1", "-device", "cpu", "-np", "1"]
+E2E = ["self-train", "-d", "806", "-c", "2d", "-f", "0", "--rounds", "2", "--filter", "change",
+       "--min-agreement", "0.0", "-npp", "0", "-nps", "0", "--target-ids", "861", "862"] + BUDGET
+POOL = [f"unl{i:04d}" for i in range(5)]
+LABELED = [f"case{i:03d}" for i in range(4)]
+
+
+def _files(*folders, content=False) -> dict:
+    """path -> (size, mtime, sha256 if content) of every file under the folders."""
+    found = {}
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                st = os.stat(path)
+                digest = hashlib.sha256(open(path, "rb").read()).hexdigest() if content else None
+                found[path] = (st.st_size, st.st_mtime_ns, digest)
+    return found
+
+
+def _ids(folder, ending=".png", channel=False):
+    cut = len(ending) + (5 if channel else 0)
+    return sorted({f[:-cut] for f in os.listdir(folder) if f.endswith(ending)})
+
+
+@pytest.fixture(scope="module")
+def source(nnunet_env):
+    """4 labeled (leave-one-out split written up front), 5 unlabeled, 2 test PNGs; planned and preprocessed."""
+    prepare(nnunet_env, 806, 2, "2d", pool=False, n_labeled=4, n_unlabeled=5, n_test=2, size=40)
+    nnunet_ssl_cli("make-splits", "-d", "806")
+    raw, pre = (os.path.join(nnunet_env[k], SOURCE) for k in ("nnUNet_raw", "nnUNet_preprocessed"))
+    return {"raw": raw, "pre": pre, "results": nnunet_env["nnUNet_results"]}
+
+
+@pytest.fixture(scope="module")
+def e2e(nnunet_env, source):
+    """Two rounds, run twice; the file states before and after each run."""
+    sources_before = _files(source["raw"], source["pre"], content=True)
+    first = nnunet_ssl_cli(*E2E)
+    work = os.path.join(source["results"], SOURCE, WORK)
+    state = json.load(open(os.path.join(work, "state.json")))
+    datasets = [state["round_datasets"][k] for k in ("1", "2")]
+    outputs = [os.path.join(source["results"], SOURCE)] + [
+        os.path.join(nnunet_env[root], d) for d in datasets for root in ("nnUNet_raw", "nnUNet_preprocessed",
+                                                                         "nnUNet_results")]
+    after_first = _files(*outputs)
+    second = nnunet_ssl_cli(*E2E)
+    return {"first": first, "second": second, "work": work, "datasets": datasets, "env": nnunet_env,
+            "sources_before": sources_before, "sources_after": _files(source["raw"], source["pre"], content=True),
+            "after_first": after_first, "after_second": _files(*outputs), **source}
+
+
+def test_round_datasets_hold_labeled_and_kept_pseudo_labelled_cases(e2e):
+    assert e2e["datasets"] == ["Dataset861_T2DST1", "Dataset862_T2DST2"]  # --target-ids
+    original_json = json.load(open(os.path.join(e2e["raw"], "dataset.json")))
+    for k, name in enumerate(e2e["datasets"], start=1):
+        raw = os.path.join(e2e["env"]["nnUNet_raw"], name)
+        kept = json.load(open(os.path.join(e2e["work"], f"round_{k}", "filter.json")))["kept"]
+        assert kept == POOL  # --min-agreement 0: nothing dropped
+        assert _ids(os.path.join(raw, "imagesTr"), channel=True) == sorted(LABELED + kept)
+        assert _ids(os.path.join(raw, "labelsTr")) == sorted(LABELED + kept)
+        assert _ids(os.path.join(raw, "imagesTs"), channel=True) == ["test000", "test001"]
+        # the source's images are hard links (no copy), the labeled labels too
+        for sub, f in (("imagesTr", "case000_0000.png"), ("labelsTr", "case000.png"), ("imagesTs", "test000_0000.png")):
+            assert os.path.samefile(os.path.join(raw, sub, f), os.path.join(e2e["raw"], sub, f))
+        assert os.path.samefile(os.path.join(raw, "imagesTr", "unl0003_0000.png"),
+                                os.path.join(e2e["raw"], "imagesUnlabeled", "unl0003_0000.png"))
+        for case in POOL:  # a pseudo label is a label map of its image's shape
+            image = np.asarray(Image.open(os.path.join(raw, "imagesTr", f"{case}_0000.png")))
+            seg = np.asarray(Image.open(os.path.join(raw, "labelsTr", f"{case}.png")))
+            assert seg.shape == image.shape[:2] == (40, 40)
+            assert set(np.unique(seg)) <= {0, 1, 2}
+            predicted = np.asarray(Image.open(os.path.join(e2e["work"], f"round_{k}", "pseudo_labels", f"{case}.png")))
+            assert np.array_equal(seg, predicted)
+        dataset_json = json.load(open(os.path.join(raw, "dataset.json")))
+        assert dataset_json["numTraining"] == 4 + len(kept)
+        assert dataset_json["nnunet_ssl_self_training"]["source_dataset"] == SOURCE
+        assert dataset_json["nnunet_ssl_self_training"]["round"] == k
+        assert {key: v for key, v in dataset_json.items() if key not in ("numTraining", "nnunet_ssl_self_training")} \
+            == {key: v for key, v in original_json.items() if key != "numTraining"}
+
+
+def test_round_datasets_reuse_the_plans_and_keep_pseudo_labels_out_of_validation(e2e):
+    original_plans = json.load(open(os.path.join(e2e["pre"], "nnUNetPlans.json")))
+    original_splits = json.load(open(os.path.join(e2e["pre"], "splits_final.json")))
+    for name in e2e["datasets"]:
+        pre = os.path.join(e2e["env"]["nnUNet_preprocessed"], name)
+        plans = json.load(open(os.path.join(pre, "nnUNetPlans.json")))
+        assert plans["dataset_name"] == name
+        assert {k: v for k, v in plans.items() if k != "dataset_name"} == \
+            {k: v for k, v in original_plans.items() if k != "dataset_name"}
+        assert open(os.path.join(pre, "dataset_fingerprint.json")).read() == \
+            open(os.path.join(e2e["pre"], "dataset_fingerprint.json")).read()
+        splits = json.load(open(os.path.join(pre, "splits_final.json")))
+        assert len(splits) == len(original_splits) == 4
+        for fold, original in zip(splits, original_splits):
+            assert fold["val"] == original["val"]  # every original validation fold, unchanged
+            assert sorted(fold["train"]) == sorted(original["train"] + POOL)
+            assert not set(fold["val"]) & set(POOL)
+        data = os.path.join(pre, "nnUNetPlans_2d")
+        assert sorted(f[:-5] for f in os.listdir(data) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd")) \
+            == sorted(LABELED + POOL)
+    assert not any(n.startswith(".") for n in os.listdir(e2e["env"]["nnUNet_preprocessed"]))  # no temp left
+
+
+def test_splits_with_pseudo_labelled_cases_in_training_only():
+    splits = [{"train": ["a", "b"], "val": ["c"]}, {"train": ["b", "c"], "val": ["a"]}]
+    new = splits_with_pseudo_labeled(splits, ["u2", "u1"])
+    assert [f["val"] for f in new] == [["c"], ["a"]]
+    assert new[0]["train"] == ["a", "b", "u1", "u2"] and new[1]["train"] == ["b", "c", "u1", "u2"]
+    assert splits[0]["train"] == ["a", "b"]  # the original is not modified
+    with pytest.raises(ValueError, match="also labeled"):
+        splits_with_pseudo_labeled(splits, ["a"])
+
+
+def test_models_filter_and_summary(e2e):
+    results = e2e["env"]["nnUNet_results"]
+    for name in [SOURCE] + e2e["datasets"]:
+        for fold in (0,):
+            assert os.path.isfile(os.path.join(results, name, "nnUNetTrainer__nnUNetPlans__2d", f"fold_{fold}",
+                                               "checkpoint_final.pth"))
+    round_1 = json.load(open(os.path.join(e2e["work"], "round_1", "filter.json")))
+    assert round_1["method"] == "change" and round_1["scores"] == {} and round_1["kept"] == POOL
+    round_2 = json.load(open(os.path.join(e2e["work"], "round_2", "filter.json")))
+    assert sorted(round_2["scores"]) == POOL and all(0 <= s <= 1 for s in round_2["scores"].values())
+    assert round_2["min_agreement"] == 0.0 and round_2["n_kept"] == 5 and round_2["dropped"] == []
+    out = e2e["first"].stdout
+    assert "kept 5 of 5 pseudo-labelled cases" in out
+    assert "[round 2] filter: scoring 5 pseudo-labelled cases" in out
+    assert "nnUNetv2_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d 862 -c 2d -tr nnUNetTrainer -p nnUNetPlans -f 0" \
+        in out
+    summary = json.load(open(os.path.join(e2e["work"], "summary.json")))
+    assert summary["final_model"]["dataset"] == "Dataset862_T2DST2"
+    assert [(r["dataset"], r["n_labeled"], r["n_pseudo_kept"], r["n_pseudo_dropped"]) for r in summary["rounds"]] \
+        == [("Dataset861_T2DST1", 4, 5, 0), ("Dataset862_T2DST2", 4, 5, 0)]
+    assert os.path.isfile(os.path.join(e2e["work"], "logs", "predict_round_2.log"))
+
+
+def test_second_run_does_nothing_and_sources_are_untouched(e2e):
+    assert e2e["after_second"] == e2e["after_first"]  # no new, changed or removed file anywhere
+    out = e2e["second"].stdout
+    assert "predict the pool: done" in out and "filter: done" in out and "build Dataset862_T2DST2: done" in out
+    assert out.count(": done (") >= 8 and "training" not in out.replace("self-training", "")
+    assert e2e["sources_after"] == e2e["sources_before"]  # raw and preprocessed source: byte for byte, mtimes
+
+
+def test_other_settings_are_refused(e2e, capsys):
+    from nnunet_ssl.cli import main
+    with pytest.raises(SystemExit) as e:
+        main([a if a != "0.0" else "0.5" for a in E2E])
+    assert e.value.code == 2 and "other settings" in capsys.readouterr().err
+
+
+def test_parts_then_full_run_then_resumed_training(nnunet_env, source):
+    """Round 1 predicted in two parts as separate runs, then the main run; then an interrupted final training."""
+    args = ["self-train", "-d", "806", "-c", "2d", "-tr", "nnUNetTrainerNoMirroring", "-f", "all",
+            "--target-ids", "871"] + BUDGET
+    work = os.path.join(source["results"], SOURCE, "self_train_nnUNetTrainerNoMirroring__nnUNetPlans__2d")
+    pseudo = os.path.join(work, "round_1", "pseudo_labels")
+    r = nnunet_ssl_cli(*args, "--stop-before", "predict")
+    assert "train Dataset806_T2D fold all: training" in r.stdout and "stopping before predicting" in r.stdout
+    assert not os.path.exists(pseudo + ".partial")
+
+    part0 = nnunet_ssl_cli(*args, "--num-parts", "2", "--part-id", "0", "-npp", "1", "-nps", "1")
+    assert _ids(pseudo + ".partial") == POOL[0::2] and not os.path.exists(pseudo)
+    assert "parts still to run: --part-id 1" in part0.stdout
+    first_part = _files(pseudo + ".partial")
+
+    part1 = nnunet_ssl_cli(*args, "--num-parts", "2", "--part-id", "1", "-npp", "1", "-nps", "1")
+    assert _ids(pseudo) == POOL and not os.path.exists(pseudo + ".partial")  # the last part completes the folder
+    assert "the pool is completely predicted" in part1.stdout
+    assert not os.path.exists(os.path.join(nnunet_env["nnUNet_raw"], "Dataset871_T2DST1"))  # parts only predict
+    predicted = _files(pseudo)
+    for path, stamp in first_part.items():  # part 0's predictions were not redone
+        if path.endswith(".png"):
+            assert predicted[path.replace(pseudo + ".partial", pseudo)] == stamp
+
+    full = nnunet_ssl_cli(*args, "-npp", "0", "-nps", "0")
+    assert "predict the pool: done" in full.stdout and "to go" not in full.stdout
+    assert _files(pseudo) == predicted
+    assert "[final] train Dataset871_T2DST1 fold all: training" in full.stdout
+    fold = os.path.join(source["results"], "Dataset871_T2DST1", "nnUNetTrainerNoMirroring__nnUNetPlans__2d",
+                        "fold_all")
+    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+
+    # a training stopped before its end: checkpoint_latest.pth, no checkpoint_final.pth -> continued with --c
+    os.replace(os.path.join(fold, "checkpoint_final.pth"), os.path.join(fold, "checkpoint_latest.pth"))
+    resumed = nnunet_ssl_cli(*args)
+    assert "[final] train Dataset871_T2DST1 fold all: continuing from checkpoint_latest.pth (--c)" in resumed.stdout
+    log = open(os.path.join(work, "logs", "train_Dataset871_T2DST1_fold_all.log"), encoding="utf-8").read()
+    commands = [line for line in log.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and not commands[0].endswith("--c") and commands[1].endswith("--c")
+    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+
+
+# ---------------------------------------------------------------------- bad input: exit 2 and a clear message
+def _error(capsys, *args):
+    from nnunet_ssl.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["self-train", *args])
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_options_are_refused_before_any_work(source, capsys):
+    base = ["-d", "806", "-c", "2d", "-tr", "nnUNetTrainerDoesNotTrain", "-device", "cpu"]
+    assert "needs --rounds 2" in _error(capsys, *base, "--filter", "change")
+    assert "at least 2 numbered folds" in _error(capsys, *base, "--filter", "disagreement", "-f", "all")
+    assert "at least 2 numbered folds" in _error(capsys, *base, "--filter", "disagreement", "-f", "0")
+    assert "--num-parts and --part-id go together" in _error(capsys, *base, "--num-parts", "2")
+    assert "ignores -num_parts" in _error(capsys, *base, "--num-parts", "2", "--part-id", "0", "-npp", "0", "-nps", "0")
+    assert "fold(s) [7] do not exist" in _error(capsys, *base, "-f", "0", "7")
+    assert "one dataset id per round" in _error(capsys, *base, "--rounds", "2", "--target-ids", "870")
+    assert "must differ from each other and from the source" in _error(capsys, *base, "--target-ids", "806")
+    assert "has no configuration '3d_fullres'" in _error(capsys, "-d", "806", "-c", "3d_fullres", "-device", "cpu")
+    assert "dataset '899' not found" in _error(capsys, "-d", "899", "-c", "2d")
+    # a part's job never trains: the model must exist
+    err = _error(capsys, *base, "--num-parts", "2", "--part-id", "1", "-npp", "1", "-nps", "1")
+    assert "not trained yet" in err and "without --num-parts" in err
+    assert not os.path.exists(os.path.join(source["results"], SOURCE,
+                                           "self_train_nnUNetTrainerDoesNotTrain__nnUNetPlans__2d"))
+
+
+def test_missing_pool_and_clashing_ids_are_refused(source, tmp_path, monkeypatch, capsys):
+    """A copy of the source (raw without imagesUnlabeled / with a pool case named like a labeled case)."""
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    shutil.copytree(source["raw"], raw / SOURCE)
+    shutil.copytree(source["pre"], pre / SOURCE)
+    for var, value in (("nnUNet_raw", raw), ("nnUNet_preprocessed", pre), ("nnUNet_results", tmp_path / "res")):
+        monkeypatch.setenv(var, str(value))
+    pool = raw / SOURCE / "imagesUnlabeled"
+    shutil.copy(pool / "unl0000_0000.png", pool / "case001_0000.png")
+    assert "['case001'] are also labeled cases" in _error(capsys, "-d", "806", "-c", "2d", "-device", "cpu")
+    shutil.rmtree(pool)
+    err = _error(capsys, "-d", "806", "-c", "2d", "-device", "cpu")
+    assert str(pool) in err and "does not exist" in err
+
+
+def test_disagreement_filter_scores_each_fold_against_the_ensemble(source, nnunet_env):
+    """The filter step alone, on hand-made predictions: folds that agree keep a case, a dissenting fold drops it."""
+    from nnunet_ssl.self_train import SelfTraining
+
+    st = SelfTraining("806", "2d", trainer="nnUNetTrainerFilterOnly", folds=["0", "1"], filter="disagreement",
+                      min_agreement=0.85, device="cpu", num_processes=1)
+    square = np.zeros((40, 40), np.uint8)
+    square[10:20, 10:20] = 1
+    square[12:16, 12:16] = 2
+    dissent = {"unl0001": np.zeros_like(square),  # fold 1 sees nothing: Dice 0 for both labels
+               "unl0003": np.roll(square, 1, axis=1)}  # one column off: Dice 5/6 (lesion), 3/4 (core)
+    for folder in (st._pseudo_folder(1), st._member_folder(1, 0), st._member_folder(1, 1)):
+        os.makedirs(folder)
+        for case in POOL:
+            seg = dissent.get(case, square) if folder == st._member_folder(1, 1) else square
+            Image.fromarray(seg).save(os.path.join(folder, case + ".png"))
+    kept, dropped = st._filter(1)
+    result = json.load(open(os.path.join(st._round_folder(1), "filter.json")))
+    assert dropped == ["unl0001"] and kept == [c for c in POOL if c != "unl0001"]
+    assert result["scores"]["unl0001"] == pytest.approx(0.5)  # mean of fold 0 (1.0) and fold 1 (0.0)
+    assert result["scores"]["unl0000"] == 1.0 and result["scores"]["unl0003"] == pytest.approx((1 + 19 / 24) / 2)
+    assert result["method"] == "disagreement" and result["min_agreement"] == 0.85
+    assert st._filter(1) == (kept, dropped)  # done: read back, not recomputed
