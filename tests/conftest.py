@@ -54,6 +54,24 @@ def prepare(nnunet_env, dataset_id, dim, configuration, pool=True, **kw):
     return folder
 
 
+def predict_test_set_2d(dataset_2d, out, trainer, fold="0"):
+    """Stock nnUNetv2_predict of Dataset801's two 48x48 test PNGs; each output must be a label map of the
+    image's size. Returns the prediction files."""
+    import glob
+
+    import numpy as np
+    from PIL import Image
+
+    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
+            "-f", fold, "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0")
+    predictions = sorted(glob.glob(os.path.join(str(out), "*.png")))
+    assert len(predictions) == 2
+    for p in predictions:
+        seg = np.array(Image.open(p))
+        assert seg.shape == (48, 48) and set(np.unique(seg)) <= {0, 1, 2}
+    return predictions
+
+
 @pytest.fixture(scope="session")
 def dataset_2d(nnunet_env):
     """4 labeled (fewer than nnU-Net's 5 folds: leave-one-out split), 6 unlabeled, 2 test RGB PNGs, 48x48."""

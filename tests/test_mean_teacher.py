@@ -2,11 +2,10 @@
 import glob
 import os
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import nnunet_ssl_cli, run_cli
+from conftest import nnunet_ssl_cli, predict_test_set_2d, run_cli
 
 MT = "nnUNetTrainerMeanTeacher"
 
@@ -114,14 +113,7 @@ def test_cli_train_resume_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
     assert "Final validation with the teacher weights" in _latest_log(folder)
 
     out = tmp_path / "pred"
-    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
-            "-f", "0", "-tr", MT, "-device", "cpu", "-npp", "0", "-nps", "0")
-    from PIL import Image
-    predictions = sorted(glob.glob(str(out / "*.png")))
-    assert len(predictions) == 2
-    for p in predictions:
-        seg = np.array(Image.open(p))
-        assert seg.shape == (48, 48) and set(np.unique(seg)) <= {0, 1, 2}
+    predict_test_set_2d(dataset_2d, out, MT)
 
     # switch prediction to the student weights and back
     r = nnunet_ssl_cli("set-inference-weights", "-d", "801", "-c", "2d", "-tr", MT, "-f", "0", "--use", "student")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import predict_test_set_2d, run_cli
 
 ST = "nnUNetTrainerSelfTraining"
 DATASET = "Dataset801_T2D"
@@ -94,14 +94,7 @@ def test_cli_train_both_rounds_validate_predict(dataset_2d, nnunet_env, tmp_path
     assert any(not torch.equal(final["network_weights"][k], v) for k, v in source["network_weights"].items())
 
     out = tmp_path / "pred"
-    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
-            "-f", "0", "-tr", ST, "-device", "cpu", "-npp", "0", "-nps", "0")
-    from PIL import Image
-    predictions = sorted(glob.glob(str(out / "*.png")))
-    assert len(predictions) == 2
-    for p in predictions:
-        seg = np.array(Image.open(p))
-        assert seg.shape == (48, 48) and set(np.unique(seg)) <= {0, 1, 2}
+    predict_test_set_2d(dataset_2d, out, ST)
 
 
 def test_round_1_validates_on_real_labeled_cases_only(dataset_2d, nnunet_env):

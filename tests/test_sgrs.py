@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import nnunet_ssl_cli, run_cli
+from conftest import nnunet_ssl_cli, predict_test_set_2d, run_cli
 from test_mean_teacher import make_trainer
 
 SGRS = "nnUNetTrainerSGRS"
@@ -116,9 +116,7 @@ def test_cli_train_resume_predict_2d(dataset_2d, nnunet_env, tmp_path):
     assert checkpoint["current_epoch"] == 3 and len(checkpoint["logging"]["omega"]) == 3
     assert "teacher_weights" in checkpoint
     out = tmp_path / "pred"
-    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
-            "-f", "0", "-tr", SGRS, "-device", "cpu", "-npp", "0", "-nps", "0")
-    assert len(glob.glob(str(out / "*.png"))) == 2
+    predict_test_set_2d(dataset_2d, out, SGRS)
 
     # the leaderboard reads the real fold: fold 0 evaluated, folds 1-3 (leave-one-out of 4) reported missing
     board = tmp_path / "board"
