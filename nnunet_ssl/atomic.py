@@ -41,3 +41,17 @@ def atomic_folder(target: str):
     finally:
         if os.path.isdir(temp):
             shutil.rmtree(temp)
+
+
+def link_file(src: str, dst: str, copy_fallback: bool = False) -> None:
+    """Put `src` at `dst` without copying it: a hard link (no extra space; it survives a later rewrite of the
+    source path). Across file systems: a symbolic link, or with `copy_fallback` a copy (for small files that
+    must outlive their source folder)."""
+    src = os.path.realpath(src)
+    try:
+        os.link(src, dst)
+    except OSError:
+        if copy_fallback:
+            shutil.copy2(src, dst)
+        else:
+            os.symlink(src, dst)

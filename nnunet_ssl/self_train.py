@@ -35,7 +35,7 @@ import re
 import shutil
 import sys
 
-from nnunet_ssl.atomic import atomic_folder, new_temp_folder, replace_folder
+from nnunet_ssl.atomic import atomic_folder, link_file, new_temp_folder, replace_folder
 from nnunet_ssl.runner import run_logged
 
 FILTERS = ("none", "change", "disagreement")
@@ -70,19 +70,6 @@ def _load_json(path: str):
             return json.load(f)
     except ValueError as e:
         raise SelfTrainError(f"{path}: not valid JSON ({e})")
-
-
-def _link(src: str, dst: str, copy_fallback: bool) -> None:
-    """Hard link (no copy, the source untouched); across file systems a symlink, or a copy for small files
-    of our own (pseudo labels) that must outlive the work folder."""
-    src = os.path.realpath(src)
-    try:
-        os.link(src, dst)
-    except OSError:
-        if copy_fallback:
-            shutil.copy2(src, dst)
-        else:
-            os.symlink(src, dst)
 
 
 def _dataset_ids_in_use(*roots) -> dict:
@@ -614,12 +601,12 @@ class SelfTraining:
                 os.makedirs(os.path.join(tmp, sub))
             for case, files in sorted(self.labeled.items()):
                 for channel, image in enumerate(files["images"]):
-                    _link(image, os.path.join(tmp, "imagesTr", f"{case}_{channel:04d}{ending}"), False)
-                _link(files["label"], os.path.join(tmp, "labelsTr", case + ending), False)
+                    link_file(image, os.path.join(tmp, "imagesTr", f"{case}_{channel:04d}{ending}"), False)
+                link_file(files["label"], os.path.join(tmp, "labelsTr", case + ending), False)
             for case in kept:
                 for channel, image in enumerate(self.pool[case]):
-                    _link(image, os.path.join(tmp, "imagesTr", f"{case}_{channel:04d}{ending}"), False)
-                _link(os.path.join(self._pseudo_folder(k), case + ending),
+                    link_file(image, os.path.join(tmp, "imagesTr", f"{case}_{channel:04d}{ending}"), False)
+                link_file(os.path.join(self._pseudo_folder(k), case + ending),
                       os.path.join(tmp, "labelsTr", case + ending), True)
             for sub in ("imagesTs", "labelsTs"):  # so the test set is predicted / evaluated under the new name
                 source = os.path.join(self.source_raw, sub)
@@ -627,7 +614,7 @@ class SelfTraining:
                     os.makedirs(os.path.join(tmp, sub))
                     for f in sorted(os.listdir(source)):
                         if not f.startswith(".") and os.path.isfile(os.path.join(source, f)):
-                            _link(os.path.join(source, f), os.path.join(tmp, sub, f), False)
+                            link_file(os.path.join(source, f), os.path.join(tmp, sub, f), False)
             dataset_json = {key: value for key, value in self.dataset_json.items() if key != "dataset"}
             dataset_json["numTraining"] = len(self.labeled) + len(kept)
             dataset_json[NOTE_KEY] = {

@@ -31,7 +31,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import TORCH_HAS_OLD_GRADSCALER, GradScaler, nnUNetTrainer
 from tqdm import tqdm
 
-from nnunet_ssl.atomic import atomic_folder
+from nnunet_ssl.atomic import atomic_folder, link_file
 from nnunet_ssl.ema import unwrap
 from nnunet_ssl.pseudo_labels import agreement, keep_stable, splits_with_pseudo_labeled
 from nnunet_ssl.trainer import budget_and_pool_folder, check_trainer_pool
@@ -52,13 +52,6 @@ class RoundPolyLR(PolyLRScheduler):
         k = min(bisect_right(self.bounds, epoch), len(self.bounds) - 1) - 1
         self.max_steps = self.bounds[k + 1] - self.bounds[k]
         super().step(epoch - self.bounds[k])
-
-
-def link(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # no extra space, and survives a later re-preprocessing of src
-    except OSError:  # another file system: a copy of a 3D pool could take hundreds of GB
-        os.symlink(os.path.abspath(src), dst)
 
 
 class nnUNetTrainerSelfTraining(nnUNetTrainer):
@@ -195,12 +188,12 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
                 write_pickle(properties, join(tmp, DROPPED, case + ".pkl"))
             kept, dropped = keep_stable(scores, self.min_round_agreement) if filtering else (pool.identifiers, [])
             for case in kept:  # into the training set: the pool image, the pseudo segmentation and properties
-                link(join(self.unlabeled_pool_folder, case + ".b2nd"), join(tmp, case + ".b2nd"))
+                link_file(join(self.unlabeled_pool_folder, case + ".b2nd"), join(tmp, case + ".b2nd"))
                 for suffix in ("_seg.b2nd", ".pkl"):
                     os.replace(join(tmp, DROPPED, case + suffix), join(tmp, case + suffix))
             for key in tr_keys:
                 for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
-                    link(join(self.preprocessed_dataset_folder, key + suffix), join(tmp, key + suffix))
+                    link_file(join(self.preprocessed_dataset_folder, key + suffix), join(tmp, key + suffix))
             with open(join(tmp, MARKER), "w") as f:
                 json.dump({"round": k, "labeled_cases": len(tr_keys), "pseudo_labeled_cases": len(kept),
                            "dropped_cases": dropped, "min_round_agreement": self.min_round_agreement if filtering
