@@ -73,8 +73,11 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
 
 
 def _key(region_or_label) -> str:
-    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
-    return label_or_region_to_key(region_or_label)
+    """"1" for a label, "(1, 2)" for a region (nnU-Net's own key would read "(np.int64(1),)")."""
+    if isinstance(region_or_label, (tuple, list)):
+        ids = [int(i) for i in region_or_label]
+        return str(ids[0]) if len(ids) == 1 else "(" + ", ".join(map(str, ids)) + ")"
+    return str(int(region_or_label))
 
 
 def case_metrics(reference_file: str, prediction_file: str, reader_writer_class, regions_or_labels,

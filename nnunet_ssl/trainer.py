@@ -21,6 +21,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
+from nnunet_ssl.checkpoints import edited_checkpoint
 from nnunet_ssl.ema import EMATeacher, unwrap
 from nnunet_ssl.schedules import gaussian_rampup
 from nnunet_ssl.unlabeled import check_pool, preprocessed_pool_folder
@@ -253,14 +254,11 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         super().save_checkpoint(filename)
         if self.local_rank != 0 or self.disable_checkpointing:
             return
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-        checkpoint["student_weights"] = checkpoint["network_weights"]
-        checkpoint["teacher_weights"] = self.teacher.state_dict()
-        checkpoint["network_weights"] = checkpoint[f"{self.inference_weights}_weights"]
-        checkpoint["inference_weights"] = self.inference_weights
-        tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        with edited_checkpoint(filename) as checkpoint:
+            checkpoint["student_weights"] = checkpoint["network_weights"]
+            checkpoint["teacher_weights"] = self.teacher.state_dict()
+            checkpoint["network_weights"] = checkpoint[f"{self.inference_weights}_weights"]
+            checkpoint["inference_weights"] = self.inference_weights
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

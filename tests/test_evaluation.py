@@ -112,6 +112,8 @@ def test_leaderboard_on_fake_results(tmp_path):
     assert rows[("TrainerB", "missing")]["folds_missing"].startswith("all")
     assert "missing folds 1" in r.stdout and (out / "dice_per_case.png").stat().st_size > 1000
     assert "fold_all" not in cv["folds"]  # fold all has no held-out cases: never cross-validation
+    summary = json.loads((model / "test_predictions_fold_all" / "summary_ssl.json").read_text(encoding="utf-8"))
+    assert list(summary["per_label"]) == ["1"] and list(summary["per_case"][1]["metrics"]) == ["1"]
 
 
 # ---------------------------------------------------------------------- benchmark runner

@@ -109,6 +109,17 @@ def test_round_1_validates_on_real_labeled_cases_only(dataset_2d, nnunet_env):
     assert trainer.dataloader_val.data_loader._data.identifiers == split["val"]
     assert trainer.do_split()[1] == split["val"]  # the keys perform_actual_validation predicts
 
+    # labeled_share 0.5 (nnUNetTrainerSelfTrainingBalanced): 3 labeled vs 6 pool cases -> each labeled case listed
+    # twice, so half of the uniform draws of nnU-Net's loader are labeled; validation unchanged
+    trainer.labeled_share = 0.5
+    balanced_tr, balanced_val = trainer.get_tr_and_val_datasets()
+    assert sorted(balanced_tr.identifiers) == sorted(split["train"] * 2 + pool)
+    assert balanced_val.identifiers == split["val"]
+    assert "(each labeled case drawn 2x as often)" in open(trainer.log_file).read()
+    trainer.labeled_share = 1.0
+    with pytest.raises(ValueError, match="labeled_share"):
+        trainer.get_tr_and_val_datasets()
+
 
 def test_resume_reuses_pseudo_labels_of_the_same_training(dataset_2d, nnunet_env):
     fold = 3

@@ -32,6 +32,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import TORCH_HAS_OLD_GRADSCAL
 from tqdm import tqdm
 
 from nnunet_ssl.atomic import atomic_folder, link_file
+from nnunet_ssl.checkpoints import edited_checkpoint
 from nnunet_ssl.ema import unwrap
 from nnunet_ssl.pseudo_labels import agreement, keep_stable, splits_with_pseudo_labeled
 from nnunet_ssl.trainer import budget_and_pool_folder, check_trainer_pool
@@ -60,6 +61,10 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
     # rounds >= 2: keep a pool case only if its pseudo label agrees (mean foreground Dice) at least this much with
     # the previous round's, as FLARE22's winners filtered unstable cases; None keeps every case
     min_round_agreement = None
+    # rounds >= 1: the share of training samples drawn from the labeled cases; None draws every case equally
+    # (4 labeled among 100 pseudo-labeled cases: 4%). ST++ (Yang et al., CVPR 2022) repeats the labeled cases
+    # until they match the pseudo-labeled ones, i.e. 0.5
+    labeled_share = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -106,16 +111,29 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
-        n_labeled = len(dataset_tr.identifiers)
+        labeled, n_pseudo, repeats = set(dataset_tr.identifiers), 0, 1
         if self.current_round > 0:  # validation stays the fold's real labeled cases
-            dataset_tr = nnUNetDatasetBlosc2(self.round_folder(self.current_round))
+            folder = self.round_folder(self.current_round)
+            n_pseudo = len(nnUNetDatasetBlosc2.get_identifiers(folder)) - len(labeled)
+            repeats = self.labeled_repeats(len(labeled), n_pseudo)
+            # nnU-Net's loader draws identifiers uniformly, so a labeled case listed r times is drawn r times as often
+            dataset_tr = nnUNetDatasetBlosc2(folder, [key for key in nnUNetDatasetBlosc2.get_identifiers(folder)
+                                                      for _ in range(repeats if key in labeled else 1)])
         bounds = self.round_starts + [self.num_epochs]
         self.print_to_log_file(
             f"Self-training round {self.current_round}/{self.rounds}, epochs {bounds[self.current_round]}-"
-            f"{bounds[self.current_round + 1] - 1}: training on {n_labeled} labeled + "
-            f"{len(dataset_tr.identifiers) - n_labeled} pseudo-labeled cases, validating on "
-            f"{len(dataset_val.identifiers)} labeled case(s)")
+            f"{bounds[self.current_round + 1] - 1}: training on {len(labeled)} labeled + {n_pseudo} pseudo-labeled "
+            f"cases" + (f" (each labeled case drawn {repeats}x as often)" if repeats > 1 else "") +
+            f", validating on {len(dataset_val.identifiers)} labeled case(s)")
         return dataset_tr, dataset_val
+
+    def labeled_repeats(self, n_labeled: int, n_pseudo: int) -> int:
+        """How often each labeled case is listed so that about `labeled_share` of the samples are labeled."""
+        if self.labeled_share is None or n_pseudo == 0:
+            return 1
+        if not 0 < self.labeled_share < 1:
+            raise ValueError(f"labeled_share must be in (0, 1) or None, got {self.labeled_share}")
+        return max(1, round(self.labeled_share / (1 - self.labeled_share) * n_pseudo / n_labeled))
 
     # ------------------------------------------------------------------ round boundaries
     def on_epoch_start(self):
@@ -241,11 +259,9 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         super().save_checkpoint(filename)
         if self.local_rank != 0 or self.disable_checkpointing:
             return
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-        checkpoint["self_training_round"] = self.current_round
-        checkpoint["self_training_id"] = self.training_id
-        torch.save(checkpoint, filename + ".tmp")
-        os.replace(filename + ".tmp", filename)
+        with edited_checkpoint(filename) as checkpoint:
+            checkpoint["self_training_round"] = self.current_round
+            checkpoint["self_training_id"] = self.training_id
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
@@ -256,3 +272,8 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
             raise RuntimeError(f"checkpoint was not written by {self.__class__.__name__} (no self-training round)")
         self.current_round = checkpoint["self_training_round"]
         self.training_id = checkpoint["self_training_id"]
+
+
+class nnUNetTrainerSelfTrainingBalanced(nnUNetTrainerSelfTraining):
+    """Self-training with half of every round's samples drawn from the labeled cases, as ST++ trains."""
+    labeled_share = 0.5
