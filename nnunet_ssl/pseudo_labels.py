@@ -4,7 +4,8 @@ pseudo-labelled cases in training only.
 
 FLARE22's winning self-training solutions dropped unlabeled cases whose pseudo labels were unstable (changed too
 much between rounds, or disagreed across the models of an ensemble). Stability here is the mean foreground Dice
-between two segmentations of the same case.
+between two segmentations of the same case. ST++ (Yang et al., CVPR 2022) ranks unlabeled images by the same kind
+of stability, measured across the checkpoints of one training, and keeps the most stable share.
 """
 from typing import Dict, Iterable, List, Sequence, Tuple
 
@@ -46,6 +47,16 @@ def keep_stable(scores: Dict[str, float], min_agreement: float) -> Tuple[List[st
     kept = sorted(k for k, s in scores.items() if s >= min_agreement)
     dropped = sorted(k for k, s in scores.items() if s < min_agreement)
     return kept, dropped
+
+
+def keep_most_stable(scores: Dict[str, float], fraction: float) -> Tuple[List[str], List[str]]:
+    """(kept, dropped) case ids: kept are the round(fraction * n) best scores (at least one; ties broken by id),
+    as ST++ keeps the most reliable share of the unlabeled images rather than those above a threshold."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    ranked = sorted(scores, key=lambda case: (-scores[case], case))
+    n_kept = max(1, round(fraction * len(ranked))) if ranked else 0
+    return sorted(ranked[:n_kept]), sorted(ranked[n_kept:])
 
 
 def splits_with_pseudo_labeled(splits: List[dict], pseudo_labeled: Iterable[str]) -> List[dict]:

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from nnunet_ssl.pseudo_labels import agreement, ensemble_agreement, keep_stable, splits_with_pseudo_labeled
+from nnunet_ssl.pseudo_labels import (agreement, ensemble_agreement, keep_most_stable, keep_stable,
+                                      splits_with_pseudo_labeled)
 
 
 def test_agreement_is_mean_foreground_dice():
@@ -36,6 +37,17 @@ def test_keep_stable_threshold_is_inclusive():
     assert keep_stable({"a": 0.0}, 0.0) == (["a"], [])
     with pytest.raises(ValueError):
         keep_stable({}, 1.5)
+
+
+def test_keep_most_stable_keeps_the_best_share():
+    scores = {"d": 0.2, "a": 0.9, "c": 0.5, "b": 0.9, "e": 0.7}
+    assert keep_most_stable(scores, 0.4) == (["a", "b"], ["c", "d", "e"])
+    assert keep_most_stable(scores, 0.5) == (["a", "b"], ["c", "d", "e"])  # round(2.5) = 2
+    assert keep_most_stable({"b": 0.5, "a": 0.5}, 0.5) == (["a"], ["b"])  # a tie goes to the smaller id
+    assert keep_most_stable({"a": 0.1}, 0.01) == (["a"], [])  # never an empty training set
+    assert keep_most_stable(scores, 1.0) == (sorted(scores), [])
+    with pytest.raises(ValueError):
+        keep_most_stable(scores, 0.0)
 
 
 def test_pseudo_labeled_cases_join_training_only():

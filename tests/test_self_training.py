@@ -44,6 +44,14 @@ def _identifiers(folder):
     return sorted(nnUNetDatasetBlosc2.get_identifiers(folder))
 
 
+def _pool_case_finder(nnunet_env):
+    """case id of a preprocessed pool image, for stubbed pseudo-label predictors that answer per case"""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    pool = nnUNetDatasetBlosc2(os.path.join(nnunet_env["nnUNet_preprocessed"], DATASET, "nnUNetPlans_2d_unlabeled"))
+    images = {case: torch.from_numpy(pool.load_case(case)[0][:]) for case in pool.identifiers}
+    return lambda data: next(c for c, image in images.items() if torch.equal(image, data))
+
+
 def _latest_log(folder):
     return open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
 
@@ -230,14 +238,7 @@ def test_round_2_drops_cases_whose_pseudo_label_changed(dataset_2d, nnunet_env, 
         (seg[..., half:, :] if moved else seg[..., :half, :]).fill(1)
         return seg
 
-    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
-    pool_data = nnUNetDatasetBlosc2(os.path.join(nnunet_env["nnUNet_preprocessed"], DATASET,
-                                                 "nnUNetPlans_2d_unlabeled"))
-    images = {case: torch.from_numpy(pool_data.load_case(case)[0][:]) for case in pool}
-
-    def case_of(data):
-        return next(c for c, image in images.items() if torch.equal(image, data))
-
+    case_of = _pool_case_finder(nnunet_env)
     monkeypatch.setattr(trainer, "pseudo_segmentation", fake_pseudo_segmentation)
     trainer.on_train_start()
     for epoch in (1, 2):
@@ -257,3 +258,39 @@ def test_round_2_drops_cases_whose_pseudo_label_changed(dataset_2d, nnunet_env, 
     assert marker["agreement_with_previous_round"] == {c: 0.0 if c in changed else 1.0 for c in pool}
     assert (f"kept {len(pool) - len(changed)} of {len(pool)} (agreement with round 1 >= 1.0), "
             f"dropped {len(changed)}") in open(trainer.log_file).read()
+
+
+def test_reliable_round_1_keeps_the_pool_cases_stable_over_round_0(dataset_2d, nnunet_env, monkeypatch):
+    """nnUNetTrainerSelfTrainingReliable (ST++ selection): round 0 keeps a snapshot; at round 1 the snapshot and the
+    final round-0 network both predict the pool, and only the most stable half joins the training set. Stubbed
+    predictions: the snapshot agrees with the final network on `stable` cases (score 1) and not on the others (0)."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunet_ssl.ema import unwrap
+    trainer = get_trainer_from_args("801", "2d", 0, "nnUNetTrainerSelfTrainingReliable", "nnUNetPlans",
+                                    device=torch.device("cpu"))
+    trainer.first_stage_fraction, trainer.num_epochs = 2 / 3, 3  # round 0: epochs 0-1, round 1: epoch 2
+    assert trainer.snapshot_epochs == [0]
+    pool = _pool_cases(nnunet_env)
+    stable = set(pool[1::2])
+    case_of = _pool_case_finder(nnunet_env)
+
+    def fake_pseudo_segmentation(predictor, data):  # final network: top half; snapshot: bottom half if unstable
+        snapshot = torch.load(trainer.snapshot_file(0), weights_only=True)
+        name, weights = next(iter(unwrap(trainer.network).state_dict().items()))
+        from_snapshot = torch.equal(weights.cpu(), snapshot[name])
+        seg = np.zeros((1, *data.shape[1:]), np.int16)
+        half = data.shape[-2] // 2
+        (seg[..., half:, :] if from_snapshot and case_of(data) not in stable else seg[..., :half, :]).fill(1)
+        return seg
+
+    monkeypatch.setattr(trainer, "pseudo_segmentation", fake_pseudo_segmentation)
+    trainer.run_training()
+    split = _split(nnunet_env, 0)
+    round_1 = os.path.join(trainer.output_folder, "self_training", "round_1")
+    assert _identifiers(round_1) == sorted(split["train"] + sorted(stable))
+    marker = json.load(open(os.path.join(round_1, "complete.json")))
+    assert marker["stability_over_round_0"] == {c: 1.0 if c in stable else 0.0 for c in pool}
+    assert marker["dropped_cases"] == sorted(set(pool) - stable) and marker["reliable_fraction"] == 0.5
+    assert f"kept the {len(stable)} of {len(pool)} most stable over round 0" in open(trainer.log_file).read()
+    # 3 labeled vs 3 pseudo-labeled cases: labeled_share 0.5 lists each labeled case once
+    assert sorted(trainer.dataloader_train.data_loader._data.identifiers) == _identifiers(round_1)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from nnunet_ssl.atomic import atomic_folder, link_file
 from nnunet_ssl.checkpoints import edited_checkpoint
 from nnunet_ssl.ema import unwrap
-from nnunet_ssl.pseudo_labels import agreement, keep_stable, splits_with_pseudo_labeled
+from nnunet_ssl.pseudo_labels import agreement, keep_most_stable, keep_stable, splits_with_pseudo_labeled
 from nnunet_ssl.trainer import budget_and_pool_folder, check_trainer_pool
 
 MARKER = "complete.json"
@@ -65,6 +65,11 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
     # (4 labeled among 100 pseudo-labeled cases: 4%). ST++ (Yang et al., CVPR 2022) repeats the labeled cases
     # until they match the pseudo-labeled ones, i.e. 0.5
     labeled_share = None
+    # round 1: keep only this share of the pool, the cases whose predictions were most stable over round 0
+    # (ST++'s selective re-training: the mean agreement of `stability_snapshots` earlier round-0 checkpoints with
+    # the final round-0 model's pseudo label); None keeps every case
+    reliable_fraction = None
+    stability_snapshots = 2  # taken at 1/3 and 2/3 of round 0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -87,6 +92,17 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
 
     def round_folder(self, k: int) -> str:
         return join(self.output_folder, "self_training", f"round_{k}")
+
+    @property
+    def snapshot_epochs(self) -> List[int]:
+        """Round-0 epochs after which the network is kept for the stability ranking (reliable_fraction)."""
+        if self.reliable_fraction is None:
+            return []
+        first, n = self.round_starts[1], self.stability_snapshots
+        return sorted({max(0, round(first * j / (n + 1)) - 1) for j in range(1, n + 1)})
+
+    def snapshot_file(self, epoch: int) -> str:
+        return join(self.output_folder, "self_training", "round_0_snapshots", f"epoch_{epoch}.pth")
 
     def configure_optimizers(self):
         optimizer, _ = super().configure_optimizers()
@@ -136,6 +152,14 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         return max(1, round(self.labeled_share / (1 - self.labeled_share) * n_pseudo / n_labeled))
 
     # ------------------------------------------------------------------ round boundaries
+    def on_epoch_end(self):
+        if self.current_round == 0 and self.current_epoch in self.snapshot_epochs and self.local_rank == 0:
+            path = self.snapshot_file(self.current_epoch)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.save(unwrap(self.network).state_dict(), path + ".tmp")
+            os.replace(path + ".tmp", path)
+        super().on_epoch_end()
+
     def on_epoch_start(self):
         while self.current_round < self.round_of(self.current_epoch):
             self.start_round(self.current_round + 1)
@@ -184,6 +208,7 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         except ValueError as e:
             raise RuntimeError(f"{self.unlabeled_pool_folder}: {e}") from None
         filtering = k >= 2 and self.min_round_agreement is not None
+        selecting = k == 1 and self.reliable_fraction is not None
         lm = self.label_manager
         classes = lm.foreground_regions if lm.has_regions else lm.foreground_labels
         if lm.has_ignore_label:  # the data loader samples annotated voxels by this key, as nnU-Net's preprocessor
@@ -204,7 +229,11 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
                                                     seg.itemsize)
                 nnUNetDatasetBlosc2.save_seg(seg, join(tmp, DROPPED, case + "_seg"), chunks, blocks)
                 write_pickle(properties, join(tmp, DROPPED, case + ".pkl"))
-            kept, dropped = keep_stable(scores, self.min_round_agreement) if filtering else (pool.identifiers, [])
+            if selecting:
+                scores = self.snapshot_stability(pool, predictor, join(tmp, DROPPED))
+            kept, dropped = (keep_stable(scores, self.min_round_agreement) if filtering else
+                             keep_most_stable(scores, self.reliable_fraction) if selecting else
+                             (pool.identifiers, []))
             for case in kept:  # into the training set: the pool image, the pseudo segmentation and properties
                 link_file(join(self.unlabeled_pool_folder, case + ".b2nd"), join(tmp, case + ".b2nd"))
                 for suffix in ("_seg.b2nd", ".pkl"):
@@ -215,12 +244,16 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
             with open(join(tmp, MARKER), "w") as f:
                 json.dump({"round": k, "labeled_cases": len(tr_keys), "pseudo_labeled_cases": len(kept),
                            "dropped_cases": dropped, "min_round_agreement": self.min_round_agreement if filtering
-                           else None, "agreement_with_previous_round": scores,
+                           else None, "reliable_fraction": self.reliable_fraction if selecting else None,
+                           ("stability_over_round_0" if selecting else "agreement_with_previous_round"): scores,
                            "source_checkpoint": source_checkpoint, "training_id": self.training_id}, f, indent=1)
         summary = f"Round {k}: pseudo labels of {len(pool.identifiers)} pool cases written to {folder}"
         if filtering:
             summary += (f"; kept {len(kept)} of {len(pool.identifiers)} (agreement with round {k - 1} >= "
                         f"{self.min_round_agreement}), dropped {len(dropped)}")
+        if selecting:
+            summary += (f"; kept the {len(kept)} of {len(pool.identifiers)} most stable over round 0 (reliable "
+                        f"fraction {self.reliable_fraction}, stability >= {min(scores[c] for c in kept):.3f})")
         self.print_to_log_file(summary)
 
     def pseudo_label_predictor(self) -> nnUNetPredictor:
@@ -241,6 +274,23 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
         return self.label_manager.convert_logits_to_segmentation(logits).numpy().astype(np.int16)[None]
+
+    def snapshot_stability(self, pool: nnUNetDatasetBlosc2, predictor: nnUNetPredictor, seg_folder: str) -> dict:
+        """ST++'s reliability of each pool case: the mean agreement of the round-0 snapshots' predictions with
+        the final round-0 pseudo label (in `seg_folder`). Leaves a snapshot's weights in the network: the caller
+        resets it for the next round."""
+        missing = [self.snapshot_file(e) for e in self.snapshot_epochs if not os.path.isfile(self.snapshot_file(e))]
+        if missing:
+            raise RuntimeError(f"round-0 snapshot(s) missing, needed to rank the pool by stability: {missing}")
+        totals = dict.fromkeys(pool.identifiers, 0.0)
+        for epoch in self.snapshot_epochs:
+            unwrap(self.network).load_state_dict(torch.load(self.snapshot_file(epoch), map_location=self.device,
+                                                            weights_only=True))
+            for case in tqdm(pool.identifiers, desc=f"Stability: predicting the pool with the epoch-{epoch} snapshot"):
+                seg = self.pseudo_segmentation(predictor, torch.from_numpy(pool.load_case(case)[0][:]))
+                final = blosc2.open(join(seg_folder, case + "_seg.b2nd"), mode="r")[:]
+                totals[case] += agreement(final, seg, self.label_manager.foreground_labels)
+        return {case: total / len(self.snapshot_epochs) for case, total in totals.items()}
 
     def previous_pseudo_segmentation(self, k: int, case: str) -> np.ndarray:
         previous = self.round_folder(k - 1)
@@ -277,3 +327,9 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
 class nnUNetTrainerSelfTrainingBalanced(nnUNetTrainerSelfTraining):
     """Self-training with half of every round's samples drawn from the labeled cases, as ST++ trains."""
     labeled_share = 0.5
+
+
+class nnUNetTrainerSelfTrainingReliable(nnUNetTrainerSelfTrainingBalanced):
+    """ST++-style self-training in one round: the labeled cases (half of the samples) and the most stable half
+    of the pool, ranked by how much round-0 snapshots at 1/3 and 2/3 agree with the final round-0 model."""
+    reliable_fraction = 0.5
