@@ -13,6 +13,10 @@ validation cases are always the real labeled ones. Round k's training set is wri
 complete.json); the network that made it is kept as checkpoint_round_<k-1>.pth, and checkpoint_latest.pth is
 written right after the reset, so `--c` resumes in any round and reuses a complete folder. From round 2 on,
 `min_round_agreement` drops pool cases whose pseudo label changed too much since the previous round.
+
+ST++ (Yang et al., CVPR 2022) variants: `labeled_share` draws that share of every round's samples from the
+labeled cases (nnUNetTrainerSelfTrainingBalanced: 0.5), and `reliable_fraction` keeps in round 1 only the pool
+cases whose predictions were most stable over round-0 snapshots (nnUNetTrainerSelfTrainingReliable: 0.5).
 """
 import json
 import os
