@@ -188,7 +188,9 @@ def _plot_per_case(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = [f"{r['trainer']}\n{r['evaluation']}\n{r['dataset']} L={r['n_labeled']}" for r in rows]
+    def two_lines(trainer):  # long names of neighbouring boxes would overlap on one line
+        return trainer.replace("Trainer", "Trainer\n", 1) if len(trainer) > 20 else trainer
+    labels = [f"{two_lines(r['trainer'])}\n{r['evaluation']}\n{r['dataset']} L={r['n_labeled']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 5))
     ax.boxplot([r["case_dice"] for r in rows], showfliers=False)
     rng = np.random.default_rng(0)
