@@ -134,10 +134,11 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         labeled, n_pseudo, repeats = set(dataset_tr.identifiers), 0, 1
         if self.current_round > 0:  # validation stays the fold's real labeled cases
             folder = self.round_folder(self.current_round)
-            n_pseudo = len(nnUNetDatasetBlosc2.get_identifiers(folder)) - len(labeled)
+            keys = nnUNetDatasetBlosc2.get_identifiers(folder)
+            n_pseudo = len(keys) - len(labeled)
             repeats = self.labeled_repeats(len(labeled), n_pseudo)
             # nnU-Net's loader draws identifiers uniformly, so a labeled case listed r times is drawn r times as often
-            dataset_tr = nnUNetDatasetBlosc2(folder, [key for key in nnUNetDatasetBlosc2.get_identifiers(folder)
+            dataset_tr = nnUNetDatasetBlosc2(folder, [key for key in keys
                                                       for _ in range(repeats if key in labeled else 1)])
         bounds = self.round_starts + [self.num_epochs]
         self.print_to_log_file(
