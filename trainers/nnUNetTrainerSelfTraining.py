@@ -22,6 +22,7 @@ import json
 import os
 import uuid
 from bisect import bisect_right
+from contextlib import nullcontext
 from typing import List
 
 import blosc2
@@ -78,7 +79,8 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.unlabeled_pool_folder = budget_and_pool_folder(self)
+        if not hasattr(self, "unlabeled_pool_folder"):  # an SSL base (round 0 = an SSL method) has set it
+            self.unlabeled_pool_folder = budget_and_pool_folder(self)
         self.current_round = 0
         # a new training (not --c) must not reuse the pseudo labels of an earlier one in the same folder
         self.training_id = uuid.uuid4().hex
@@ -161,7 +163,7 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         if self.current_round == 0 and self.current_epoch in self.snapshot_epochs and self.local_rank == 0:
             path = self.snapshot_file(self.current_epoch)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.save(unwrap(self.network).state_dict(), path + ".tmp")
+            torch.save(self.pseudo_labeller_state(), path + ".tmp")
             os.replace(path + ".tmp", path)
         super().on_epoch_end()
 
@@ -177,12 +179,14 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         else:
             source = join(self.output_folder, f"checkpoint_round_{k - 1}.pth")
             self.save_checkpoint_at_epoch_start(source)
-            self.write_round_folder(k, folder, source)
+            with self.pseudo_labeller():
+                self.write_round_folder(k, folder, source)
         # from scratch: nnU-Net's initialisation of a new network, a new optimizer (no momentum), LR and scaler
         fresh = self.build_network_architecture(self.plans_manager, self.configuration_manager,
                                                 self.num_input_channels, self.label_manager.num_segmentation_heads,
                                                 self.enable_deep_supervision)
         unwrap(self.network).load_state_dict(fresh.state_dict())
+        self.on_network_reset()
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         if self.grad_scaler is not None:
             self.grad_scaler = GradScaler() if TORCH_HAS_OLD_GRADSCALER else GradScaler("cuda")
@@ -260,6 +264,18 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
             summary += (f"; kept the {len(kept)} of {len(pool.identifiers)} most stable over round 0 (reliable "
                         f"fraction {self.reliable_fraction}, stability >= {min(scores[c] for c in kept):.3f})")
         self.print_to_log_file(summary)
+
+    # hooks for a round 0 that is itself a teacher-student method (nnUNetTrainerSelfTrainingSGRS)
+    def pseudo_labeller(self):
+        """Context in which self.network holds the weights that pseudo-label the pool."""
+        return nullcontext()
+
+    def pseudo_labeller_state(self) -> dict:
+        """The weights `pseudo_labeller` puts in the network (a round-0 stability snapshot)."""
+        return unwrap(self.network).state_dict()
+
+    def on_network_reset(self) -> None:
+        """Called right after the network was re-initialised for a new round."""
 
     def pseudo_label_predictor(self) -> nnUNetPredictor:
         """nnU-Net's sliding-window predictor around the network being trained, with the trainer's mirroring."""
