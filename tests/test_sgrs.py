@@ -105,16 +105,15 @@ def _model_folder(nnunet_env, dataset, configuration, fold, trainer=SGRS):
     return os.path.join(nnunet_env["nnUNet_results"], dataset, f"{trainer}__nnUNetPlans__{configuration}", f"fold_{fold}")
 
 
-def test_cli_train_resume_predict_2d(dataset_2d, nnunet_env, tmp_path):
+def test_cli_train_predict_leaderboard_2d(dataset_2d, nnunet_env, tmp_path):
     run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", SGRS, "-device", "cpu")
     folder = _model_folder(nnunet_env, "Dataset801_T2D", "2d", 0)
     log = open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
     for key in ("sup_loss", "con_loss", "nr_loss", "lambda", "delta", "omega", "theta"):
         assert key in log
-    run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", SGRS, "-device", "cpu", "--c", env={"nnUNet_ssl_epochs": "3"})
+    # (--c for every nnUNetTrainerSSL: test_mean_teacher's CLI test)
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
-    assert checkpoint["current_epoch"] == 3 and len(checkpoint["logging"]["omega"]) == 3
-    assert "teacher_weights" in checkpoint
+    assert len(checkpoint["logging"]["omega"]) == 2 and "teacher_weights" in checkpoint
     out = tmp_path / "pred"
     predict_test_set_2d(dataset_2d, out, SGRS)
 
