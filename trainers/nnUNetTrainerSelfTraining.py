@@ -17,6 +17,8 @@ written right after the reset, so `--c` resumes in any round and reuses a comple
 ST++ (Yang et al., CVPR 2022) variants: `labeled_share` draws that share of every round's samples from the
 labeled cases (nnUNetTrainerSelfTrainingBalanced: 0.5), and `reliable_fraction` keeps in round 1 only the pool
 cases whose predictions were most stable over round-0 snapshots (nnUNetTrainerSelfTrainingReliable: 0.5).
+A teacher-student round 0 (nnUNetTrainerSelfTrainingSGRS) overrides the three hooks `pseudo_labeller`,
+`pseudo_labeller_state` and `on_network_reset`.
 """
 import json
 import os
