@@ -8,15 +8,9 @@ import pytest
 from nnunet_ssl.paths import trainers_folder
 from nnunet_ssl.synthetic import write_synthetic_dataset
 
-# Under pytest-xdist (README's `-n 2`) two test processes share the cores: one thread each, and idle OpenMP
-# threads sleep instead of spinning (nnUNetv2_train on CPU sets torch's threads to the core count itself).
-PARALLEL = "PYTEST_XDIST_WORKER" in os.environ
 CPU_ENV = {"nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "0",
            "nnUNet_ssl_epochs": "2", "nnUNet_ssl_iters": "3", "nnUNet_ssl_val_iters": "1",
-           "OMP_NUM_THREADS": "1" if PARALLEL else "2", "OMP_WAIT_POLICY": "PASSIVE"}
-if PARALLEL:
-    import torch
-    torch.set_num_threads(1)
+           "OMP_NUM_THREADS": "2"}
 
 
 @pytest.fixture(scope="session")

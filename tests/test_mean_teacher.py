@@ -1,6 +1,7 @@
 """nnUNetTrainerMeanTeacher: the step, its gradients, checkpoints, and the stock nnU-Net CLIs end to end."""
 import glob
 import os
+import shutil
 
 import pytest
 import torch
@@ -122,6 +123,9 @@ def test_cli_train_resume_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
 
 
 def test_cli_3d_missing_pool_fails_fast_then_trains_fold_all(dataset_3d_no_pool, nnunet_env, tmp_path):
+    # the fixture is shared: another test file may have preprocessed the pool already
+    shutil.rmtree(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset802_T3D",
+                               "nnUNetPlans_3d_fullres_unlabeled"), ignore_errors=True)
     r = run_cli("nnUNetv2_train", "802", "3d_fullres", "all", "-tr", MT, "-device", "cpu", check=False)
     assert r.returncode != 0
     output = r.stdout + r.stderr
