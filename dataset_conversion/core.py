@@ -32,7 +32,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from nnunet_ssl.atomic import new_temp_folder, replace_folder
+from nnunet_ssl.utilities.atomic import new_temp_folder, replace_folder
 
 SPLIT_RECORD = "ssl_split.json"
 NIFTI_ENDING = ".nii.gz"

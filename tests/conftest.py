@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from nnunet_ssl.paths import trainers_folder
-from nnunet_ssl.synthetic import write_synthetic_dataset
+from nnunet_ssl.utilities.paths import trainers_folder
+from nnunet_ssl.data.synthetic import write_synthetic_dataset
 
 CPU_ENV = {"nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "0",
            "nnUNet_ssl_epochs": "2", "nnUNet_ssl_iters": "3", "nnUNet_ssl_val_iters": "1",
@@ -41,7 +41,7 @@ def run_cli(*cmd, env=None, check=True):
 
 
 def nnunet_ssl_cli(*args, **kw):
-    return run_cli(sys.executable, "-m", "nnunet_ssl.cli", *args, **kw)
+    return run_cli(sys.executable, "-m", "nnunet_ssl", *args, **kw)
 
 
 def prepare(nnunet_env, dataset_id, dim, configuration, pool=True, **kw):

@@ -293,10 +293,10 @@ def test_ph2_as_test_set_refuses_3d_dataset(tmp_path):
 
 def test_nnunet_ssl_command_exit_code_and_message(tmp_path):
     missing = tmp_path / "nowhere"
-    r = subprocess.run([sys.executable, "-m", "nnunet_ssl.cli", "convert", "ph2", str(missing), "-d", "40", "-o",
+    r = subprocess.run([sys.executable, "-m", "nnunet_ssl", "convert", "ph2", str(missing), "-d", "40", "-o",
                         str(tmp_path / "raw")], capture_output=True, encoding="utf-8", errors="replace")
     assert r.returncode == 2 and r.stderr.startswith("nnunet_ssl: error: ") and str(missing) in r.stderr
-    r = subprocess.run([sys.executable, "-m", "nnunet_ssl.cli", "convert", "--help"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "nnunet_ssl", "convert", "--help"], capture_output=True,
                        encoding="utf-8", errors="replace")
     assert r.returncode == 0 and all(d in r.stdout for d in ("isic2018", "ph2", "la", "pancreas", "brats", "flare"))
     shutil.rmtree(tmp_path / "raw", ignore_errors=True)

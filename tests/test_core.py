@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_ssl.ema import EMATeacher
-from nnunet_ssl.losses import consistency_mse
-from nnunet_ssl.schedules import gaussian_rampup
+from nnunet_ssl.core.teachers import EMATeacher
+from nnunet_ssl.components.losses import consistency_mse
+from nnunet_ssl.components.ramps import gaussian_rampup
 
 
 def test_gaussian_rampup_values():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import nnunet_ssl_cli
-from nnunet_ssl.metrics import binary_metrics
+from nnunet_ssl.evaluation.metrics import binary_metrics
 
 
 def _square(shape, rows, cols):

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from conftest import nnunet_ssl_cli, run_cli
-from nnunet_ssl.splits import SplitError, ensure_splits
-from nnunet_ssl.unlabeled import preprocess_unlabeled
+from nnunet_ssl.data.splits import SplitError, ensure_splits
+from nnunet_ssl.data.pool import preprocess_unlabeled
 
 FOUR, THREE = "Dataset801_T2D", "Dataset803_T2D"
 

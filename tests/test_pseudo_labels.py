@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nnunet_ssl.pseudo_labels import (agreement, ensemble_agreement, keep_most_stable, keep_stable,
+from nnunet_ssl.components.pseudo_labels import (agreement, ensemble_agreement, keep_most_stable, keep_stable,
                                       splits_with_pseudo_labeled)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_ssl.regional import (PAPER_TAU, entropy_threshold_for_probability, mix_up, normalized_entropy,
+from nnunet_ssl.components.regional import (PAPER_TAU, entropy_threshold_for_probability, mix_up, normalized_entropy,
                                  regional_cross_entropy, regional_dice_loss, synergy_regions)
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import nnunet_ssl_cli, prepare
-from nnunet_ssl.pseudo_labels import splits_with_pseudo_labeled
+from nnunet_ssl.components.pseudo_labels import splits_with_pseudo_labeled
 
 SOURCE = "Dataset806_T2D"
 WORK = "self_train_nnUNetTrainer__nnUNetPlans__2d"
@@ -163,7 +163,7 @@ def test_second_run_does_nothing_and_sources_are_untouched(e2e):
 
 
 def test_other_settings_are_refused(e2e, capsys):
-    from nnunet_ssl.cli import main
+    from nnunet_ssl.commands.cli import main
     with pytest.raises(SystemExit) as e:
         main([a if a != "0.0" else "0.5" for a in E2E])
     assert e.value.code == 2 and "other settings" in capsys.readouterr().err
@@ -213,7 +213,7 @@ def test_parts_then_full_run_then_resumed_training(nnunet_env, source):
 
 # ---------------------------------------------------------------------- bad input: exit 2 and a clear message
 def _error(capsys, *args):
-    from nnunet_ssl.cli import main
+    from nnunet_ssl.commands.cli import main
     with pytest.raises(SystemExit) as e:
         main(["self-train", *args])
     assert e.value.code == 2
@@ -256,7 +256,7 @@ def test_missing_pool_and_clashing_ids_are_refused(source, tmp_path, monkeypatch
 
 def test_disagreement_filter_scores_each_fold_against_the_ensemble(source, nnunet_env):
     """The filter step alone, on hand-made predictions: folds that agree keep a case, a dissenting fold drops it."""
-    from nnunet_ssl.self_train import SelfTraining
+    from nnunet_ssl.commands.self_train import SelfTraining
 
     st = SelfTraining("806", "2d", trainer="nnUNetTrainerFilterOnly", folds=["0", "1"], filter="disagreement",
                       min_agreement=0.85, device="cpu", num_processes=1)

@@ -265,7 +265,7 @@ def test_reliable_round_1_keeps_the_pool_cases_stable_over_round_0(dataset_2d, n
     final round-0 network both predict the pool, and only the most stable half joins the training set. Stubbed
     predictions: the snapshot agrees with the final network on `stable` cases (score 1) and not on the others (0)."""
     from nnunetv2.run.run_training import get_trainer_from_args
-    from nnunet_ssl.ema import unwrap
+    from nnunet_ssl.core.teachers import unwrap
     trainer = get_trainer_from_args("801", "2d", 0, "nnUNetTrainerSelfTrainingReliable", "nnUNetPlans",
                                     device=torch.device("cpu"))
     trainer.first_stage_fraction, trainer.num_epochs = 2 / 3, 3  # round 0: epochs 0-1, round 1: epoch 2

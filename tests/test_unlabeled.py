@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import nnunet_ssl_cli
-from nnunet_ssl.unlabeled import (POOL_MANIFEST, UnlabeledPoolError, check_pool, preprocess_unlabeled,
+from nnunet_ssl.data.pool import (POOL_MANIFEST, UnlabeledPoolError, check_pool, preprocess_unlabeled,
                                   preprocessed_pool_folder)
 
 

@@ -7,9 +7,9 @@ L_sup is nnU-Net's Dice + CE with deep supervision; x_u is an nnU-Net-augmented 
 Gaussian noise, so teacher and student see differently perturbed views of the same voxels.
 """
 
-from nnunet_ssl.losses import consistency_mse
-from nnunet_ssl.perturbations import gaussian_noise
-from nnunet_ssl.trainer import nnUNetTrainerSSL
+from nnunet_ssl.components.losses import consistency_mse
+from nnunet_ssl.components.perturbations import gaussian_noise
+from nnunet_ssl.core.trainer import nnUNetTrainerSSL
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):

@@ -11,7 +11,7 @@ Per iteration, with the EMA teacher f_T and the student f_S:
     L = L_sup + lambda(t) (L_con + L_NR),  lambda(t) = exp(-5 (1 - t / t_warm)^2), 1 after t_warm  (eq. 19-20)
 
 L_sup is nnU-Net's own CE + Dice with deep supervision on D_L; D_U and D_L come with nnU-Net's augmentation.
-H is the entropy normalised by log C (nnunet_ssl.regional), so one tau serves any number of classes; the default
+H is the entropy normalised by log C (nnunet_ssl.components.regional), so one tau serves any number of classes; the default
 equals the paper's binary setting (probability threshold 0.425, base-10 entropy 0.296).
 
 Deep supervision: the pseudo label and the three regions are voxel-level decisions made at full resolution;
@@ -21,9 +21,9 @@ supervision heads are trained by L_sup on real labels, as in nnUNetTrainer.
 """
 import torch
 
-from nnunet_ssl.regional import (PAPER_TAU, mix_up, regional_cross_entropy, regional_dice_loss,
+from nnunet_ssl.components.regional import (PAPER_TAU, mix_up, regional_cross_entropy, regional_dice_loss,
                                  synergy_regions)
-from nnunet_ssl.trainer import nnUNetTrainerSSL
+from nnunet_ssl.core.trainer import nnUNetTrainerSSL
 
 
 class nnUNetTrainerSGRS(nnUNetTrainerSSL):

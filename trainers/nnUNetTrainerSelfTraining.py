@@ -38,11 +38,11 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import TORCH_HAS_OLD_GRADSCALER, GradScaler, nnUNetTrainer
 from tqdm import tqdm
 
-from nnunet_ssl.atomic import atomic_folder, link_file
-from nnunet_ssl.checkpoints import edited_checkpoint
-from nnunet_ssl.ema import unwrap
-from nnunet_ssl.pseudo_labels import agreement, keep_most_stable, keep_stable, splits_with_pseudo_labeled
-from nnunet_ssl.trainer import budget_and_pool_folder, check_trainer_pool
+from nnunet_ssl.utilities.atomic import atomic_folder, link_file
+from nnunet_ssl.core.checkpoints import edited_checkpoint
+from nnunet_ssl.core.teachers import unwrap
+from nnunet_ssl.components.pseudo_labels import agreement, keep_most_stable, keep_stable, splits_with_pseudo_labeled
+from nnunet_ssl.core.trainer import budget_and_pool_folder, check_trainer_pool
 
 MARKER = "complete.json"
 DROPPED = "dropped"  # a round's pseudo labels left out of its training set, kept for the next round's comparison

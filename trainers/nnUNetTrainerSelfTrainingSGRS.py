@@ -13,7 +13,7 @@ Dice; round 1 made up that loss but no more. The round-0 teacher here has seen t
 Rounds, validation on real labeled cases only, `--c` in any round, and the ST++ options (`labeled_share`,
 `reliable_fraction`; snapshots then hold the teacher) are nnUNetTrainerSelfTraining's.
 """
-from nnunet_ssl.ema import EMATeacher
+from nnunet_ssl.core.teachers import EMATeacher
 from nnunet_ssl.trainers.nnUNetTrainerSGRS import nnUNetTrainerSGRS
 from nnunet_ssl.trainers.nnUNetTrainerSelfTraining import nnUNetTrainerSelfTraining
 

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from nnunet_ssl.atomic import atomic_folder
+from nnunet_ssl.utilities.atomic import atomic_folder
 
 
 def _smooth_noise(rng, shape, scale):

@@ -4,7 +4,7 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
 1. plan and preprocess with stock nnU-Net if not done, preprocess the unlabeled pool (skipped when up to date);
 2. per trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x iterations, fold `all` or a
    given fold) into the benchmark's own nnUNet_results, stock `nnUNetv2_predict` on imagesTs, evaluation with
-   nnunet_ssl.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per iteration,
+   nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per iteration,
    wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation);
 3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png.
 
@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 
-from nnunet_ssl.runner import run_logged
+from nnunet_ssl.utilities.runner import run_logged
 
 RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterations_per_epoch", "device",
                "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter", "peak_rss_gb", "peak_gpu_gb",
@@ -43,7 +43,7 @@ def _run(cmd, log, env):
 def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: dict, num_processes: int) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
 
-    from nnunet_ssl.unlabeled import preprocess_unlabeled
+    from nnunet_ssl.data.pool import preprocess_unlabeled
 
     if not os.path.isfile(os.path.join(nnUNet_preprocessed, name, plans + ".json")):
         # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
@@ -60,9 +60,9 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    from nnunet_ssl.leaderboard import TEST_PREFIX, dataset_counts, make_row, markdown_table, write_leaderboard
-    from nnunet_ssl.metrics import evaluate_folder
-    from nnunet_ssl.paths import trainers_folder
+    from nnunet_ssl.evaluation.leaderboard import TEST_PREFIX, dataset_counts, make_row, markdown_table, write_leaderboard
+    from nnunet_ssl.evaluation.metrics import evaluate_folder
+    from nnunet_ssl.utilities.paths import trainers_folder
 
     name = maybe_convert_to_dataset_name(dataset)
     raw = os.path.join(nnUNet_raw, name)
@@ -104,7 +104,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         stats_file = os.path.join(out, "logs", f"{trainer}.stats.json")
         log = os.path.join(out, "logs", f"{trainer}.train.log")
         print(f"{trainer}: training {epochs} epochs x {iterations} iterations (log: {log})", flush=True)
-        cmd = [sys.executable, "-m", "nnunet_ssl.cli", "train", name, configuration, str(fold), "-tr", trainer,
+        cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
                "-p", plans, "--epochs", str(epochs), "--iters", str(iterations), "-device", device,
                "--stats-json", stats_file]
         if val_iterations:

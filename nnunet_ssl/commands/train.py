@@ -42,7 +42,7 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
     more) and the peak GPU memory."""
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    from nnunet_ssl.paths import ensure_ext_trainer_env
+    from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
     ensure_ext_trainer_env()
     if fold != "all":

@@ -21,10 +21,10 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
-from nnunet_ssl.checkpoints import edited_checkpoint
-from nnunet_ssl.ema import EMATeacher, unwrap
-from nnunet_ssl.schedules import gaussian_rampup
-from nnunet_ssl.unlabeled import check_pool, preprocessed_pool_folder
+from nnunet_ssl.core.checkpoints import edited_checkpoint
+from nnunet_ssl.core.teachers import EMATeacher, unwrap
+from nnunet_ssl.components.ramps import gaussian_rampup
+from nnunet_ssl.data.pool import check_pool, preprocessed_pool_folder
 
 
 def full_resolution(output):

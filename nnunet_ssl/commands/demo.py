@@ -28,7 +28,7 @@ def _run(cmd, log, **env):
 
 
 def demo_environment(out: str) -> dict:
-    from nnunet_ssl.paths import trainers_folder
+    from nnunet_ssl.utilities.paths import trainers_folder
 
     env = {"nnUNet_raw": os.path.join(out, "nnUNet_raw"),
            "nnUNet_preprocessed": os.path.join(out, "nnUNet_preprocessed"),
@@ -54,8 +54,8 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = 8, iters: int = 25, dev
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    from nnunet_ssl.synthetic import write_synthetic_dataset
-    from nnunet_ssl.unlabeled import preprocess_unlabeled
+    from nnunet_ssl.data.synthetic import write_synthetic_dataset
+    from nnunet_ssl.data.pool import preprocess_unlabeled
 
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
@@ -76,7 +76,7 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = 8, iters: int = 25, dev
     rows = []
     for trainer in TRAINERS:
         start = time.time()
-        _run([sys.executable, "-m", "nnunet_ssl.cli", "train", str(DEMO_DATASET_ID), configuration, "all",
+        _run([sys.executable, "-m", "nnunet_ssl", "train", str(DEMO_DATASET_ID), configuration, "all",
               "-tr", trainer, "--epochs", str(epochs), "--iters", str(iters), "-device", device], log)
         train_seconds = time.time() - start
         pred = os.path.join(out, "predictions", trainer)

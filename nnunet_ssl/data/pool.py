@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 
 from tqdm import tqdm
 
-from nnunet_ssl.atomic import atomic_folder
+from nnunet_ssl.utilities.atomic import atomic_folder
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
 POOL_MANIFEST = "pool.json"
@@ -183,7 +183,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str], plan
         if verbose:
             print(f"{out}: {len(cases)} unlabeled cases")
         written.append(out)
-    from nnunet_ssl.splits import ensure_splits, labeled_case_ids
+    from nnunet_ssl.data.splits import ensure_splits, labeled_case_ids
     message = ensure_splits(pre_base, labeled_case_ids(raw_folder, dataset_json), cases)
     if verbose:
         print(message)

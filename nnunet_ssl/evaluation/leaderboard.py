@@ -6,7 +6,7 @@ For each dataset (several datasets = several label budgets of the same data) and
   held-out cases (its validation cases were trained on) and is never reported as cross-validation;
 - test: every `test_predictions_fold_*` folder in the model folder (the benchmark runner writes them, or
   `nnUNetv2_predict -o <model folder>/test_predictions_fold_<f>`), evaluated against the raw `labelsTs`.
-Metrics are nnunet_ssl.metrics (mean +- std over cases; for CV also std over fold means). Training time per
+Metrics are nnunet_ssl.evaluation.metrics (mean +- std over cases; for CV also std over fold means). Training time per
 epoch comes from the checkpoints' nnU-Net log.
 """
 import csv
@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from nnunet_ssl.metrics import FAILED_DICE, HIGHER_IS_BETTER, METRICS, evaluate_folder, summarize
+from nnunet_ssl.evaluation.metrics import FAILED_DICE, HIGHER_IS_BETTER, METRICS, evaluate_folder, summarize
 
 TEST_PREFIX = "test_predictions_fold_"
 CSV_COLUMNS = (["dataset", "n_labeled", "n_unlabeled", "trainer", "evaluation", "folds", "folds_missing", "n_cases"]
@@ -70,8 +70,8 @@ def make_row(summary: dict, **info) -> dict:
 
 def dataset_counts(dataset_name: str) -> Dict[str, int]:
     from nnunetv2.paths import nnUNet_raw
-    from nnunet_ssl.splits import labeled_case_ids
-    from nnunet_ssl.unlabeled import find_unlabeled_cases
+    from nnunet_ssl.data.splits import labeled_case_ids
+    from nnunet_ssl.data.pool import find_unlabeled_cases
 
     raw = os.path.join(nnUNet_raw, dataset_name)
     with open(os.path.join(raw, "dataset.json")) as f:

@@ -35,8 +35,8 @@ import re
 import shutil
 import sys
 
-from nnunet_ssl.atomic import atomic_folder, link_file, new_temp_folder, replace_folder
-from nnunet_ssl.runner import run_logged
+from nnunet_ssl.utilities.atomic import atomic_folder, link_file, new_temp_folder, replace_folder
+from nnunet_ssl.utilities.runner import run_logged
 
 FILTERS = ("none", "change", "disagreement")
 NOTE_KEY = "nnunet_ssl_self_training"  # dataset.json of a round dataset: where it comes from
@@ -104,7 +104,7 @@ def _check_one(job):
 
 def _score_one(job):
     """Worker: (case, agreement score) between a pseudo label and its reference(s)."""
-    from nnunet_ssl.pseudo_labels import agreement, ensemble_agreement
+    from nnunet_ssl.components.pseudo_labels import agreement, ensemble_agreement
     case, path, references, reader_writer, labels, method = job
     seg = _read_seg(path, reader_writer)
     others = [_read_seg(r, reader_writer) for r in references]
@@ -131,7 +131,7 @@ class SelfTraining:
                  epochs: int = None, iterations: int = None, val_iterations: int = None, device: str = None,
                  npp: int = None, nps: int = None, num_parts: int = None, part_id: int = None,
                  num_processes: int = None, stop_before: str = None):
-        from nnunet_ssl.paths import ensure_ext_trainer_env
+        from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
         self.configuration, self.trainer, self.plans_identifier = configuration, trainer, plans
         self.rounds, self.filter = rounds, filter
@@ -215,8 +215,8 @@ class SelfTraining:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
         from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-        from nnunet_ssl.splits import SPLITS_FILE
-        from nnunet_ssl.unlabeled import find_unlabeled_cases
+        from nnunet_ssl.data.splits import SPLITS_FILE
+        from nnunet_ssl.data.pool import find_unlabeled_cases
 
         try:
             self.source = maybe_convert_to_dataset_name(str(dataset))
@@ -379,7 +379,7 @@ class SelfTraining:
 
     def _train_command(self, dataset_name: str, fold, continue_training: bool) -> list:
         if self.epochs is not None:
-            cmd = [sys.executable, "-m", "nnunet_ssl.cli", "train", dataset_name, self.configuration, str(fold),
+            cmd = [sys.executable, "-m", "nnunet_ssl", "train", dataset_name, self.configuration, str(fold),
                    "-tr", self.trainer, "-p", self.plans_identifier, "--epochs", str(self.epochs),
                    "--iters", str(self.iterations), "-device", self.device]
             if self.val_iterations is not None:
@@ -524,7 +524,7 @@ class SelfTraining:
         if jobs:
             self._say(tag, f"filter: scoring {len(jobs)} pseudo-labelled cases ({what})")
             scores = dict(_map(_score_one, jobs, self.num_processes))
-        from nnunet_ssl.pseudo_labels import keep_stable
+        from nnunet_ssl.components.pseudo_labels import keep_stable
         kept, dropped = keep_stable(scores, self.min_agreement) if scores else (pool, [])
         result = {"method": self.filter, "min_agreement": self.min_agreement, "scored_by": what,
                   "n_pool": len(pool), "n_kept": len(kept), "n_dropped": len(dropped),
@@ -635,7 +635,7 @@ class SelfTraining:
             return self.splits
         from nnunetv2.utilities.crossval_split import generate_crossval_split
 
-        from nnunet_ssl.splits import NNUNET_SPLIT_SEED
+        from nnunet_ssl.data.splits import NNUNET_SPLIT_SEED
         labeled = sorted(self.labeled)
         if len(labeled) < 2:
             return [{"train": labeled, "val": []}]  # no cross-validation possible; fold 'all' only
@@ -644,8 +644,8 @@ class SelfTraining:
     def _build_preprocessed(self, name: str, pre: str, kept, log: str) -> None:
         """nnUNet_preprocessed/<name>: built in a hidden folder (nnUNetv2_preprocess runs with nnUNet_preprocessed
         pointing there), renamed into place when complete."""
-        from nnunet_ssl.pseudo_labels import splits_with_pseudo_labeled
-        from nnunet_ssl.splits import SPLITS_FILE
+        from nnunet_ssl.components.pseudo_labels import splits_with_pseudo_labeled
+        from nnunet_ssl.data.splits import SPLITS_FILE
 
         root = new_temp_folder(self.pre_root, name)
         try:

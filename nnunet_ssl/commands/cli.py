@@ -7,7 +7,7 @@ import sys
 def cmd_env(args):
     import os
 
-    from nnunet_ssl.paths import trainers_folder
+    from nnunet_ssl.utilities.paths import trainers_folder
 
     print(f"export nnUNet_extTrainer={trainers_folder()}")
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -16,7 +16,7 @@ def cmd_env(args):
 
 
 def cmd_preprocess_unlabeled(args):
-    from nnunet_ssl.unlabeled import preprocess_unlabeled
+    from nnunet_ssl.data.pool import preprocess_unlabeled
 
     preprocess_unlabeled(args.d, args.c, args.p, args.np, overwrite=args.overwrite)
 
@@ -26,7 +26,7 @@ def cmd_make_splits(args):
 
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunet_ssl.splits import ensure_splits, labeled_case_ids
+    from nnunet_ssl.data.splits import ensure_splits, labeled_case_ids
 
     name = maybe_convert_to_dataset_name(args.d)
     raw = os.path.join(nnUNet_raw, name)
@@ -36,7 +36,7 @@ def cmd_make_splits(args):
 
 
 def cmd_set_inference_weights(args):
-    from nnunet_ssl.checkpoints import model_checkpoints, set_inference_weights
+    from nnunet_ssl.core.checkpoints import model_checkpoints, set_inference_weights
 
     for f in model_checkpoints(args.d, args.c, args.tr, args.f, args.p, args.chk):
         previous = set_inference_weights(f, args.use)
@@ -44,16 +44,16 @@ def cmd_set_inference_weights(args):
 
 
 def cmd_demo(args):
-    from nnunet_ssl.demo import run_demo
+    from nnunet_ssl.commands.demo import run_demo
 
     run_demo(args.out, args.epochs, args.iters, args.device, args.dim)
 
 
 # Subcommands with their own argument parsers: everything after the name is passed on unparsed.
-PASS_THROUGH = {"train": "nnunet_ssl.train", "bench-step": "nnunet_ssl.bench_step",
-                "convert": "nnunet_ssl.dataset_conversion.cli", "evaluate": "nnunet_ssl.metrics",
-                "leaderboard": "nnunet_ssl.leaderboard", "benchmark": "nnunet_ssl.benchmark",
-                "self-train": "nnunet_ssl.self_train"}
+PASS_THROUGH = {"train": "nnunet_ssl.commands.train", "bench-step": "nnunet_ssl.evaluation.bench_step",
+                "convert": "nnunet_ssl.dataset_conversion.cli", "evaluate": "nnunet_ssl.evaluation.metrics",
+                "leaderboard": "nnunet_ssl.evaluation.leaderboard", "benchmark": "nnunet_ssl.evaluation.benchmark",
+                "self-train": "nnunet_ssl.commands.self_train"}
 
 
 def main(argv=None):
@@ -116,11 +116,11 @@ def main(argv=None):
 
 def _with_clean_errors(run):
     """Expected user errors (bad input) end with their message and exit code 2, not a traceback."""
-    from nnunet_ssl.benchmark import BenchmarkError
+    from nnunet_ssl.evaluation.benchmark import BenchmarkError
     from nnunet_ssl.dataset_conversion.core import ConversionError
-    from nnunet_ssl.self_train import SelfTrainError
-    from nnunet_ssl.splits import SplitError
-    from nnunet_ssl.unlabeled import UnlabeledPoolError
+    from nnunet_ssl.commands.self_train import SelfTrainError
+    from nnunet_ssl.data.splits import SplitError
+    from nnunet_ssl.data.pool import UnlabeledPoolError
     try:
         run()
     except (UnlabeledPoolError, SplitError, ConversionError, BenchmarkError, SelfTrainError) as e:

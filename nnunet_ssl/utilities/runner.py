@@ -1,4 +1,4 @@
-"""Run a stock command (nnUNetv2_*, `python -m nnunet_ssl.cli ...`) with its output in a log file, for the
+"""Run a stock command (nnUNetv2_*, `python -m nnunet_ssl ...`) with its output in a log file, for the
 commands that drive whole pipelines (`nnunet_ssl benchmark`, `nnunet_ssl self-train`)."""
 import os
 import subprocess
@@ -8,7 +8,7 @@ import time
 
 def resolve_command(name: str) -> str:
     """The console script `name` of this Python's environment (next to sys.executable) if it has one, so a
-    `python -m nnunet_ssl.cli ...` run from a virtual environment that is not activated still calls that
+    `python -m nnunet_ssl ...` run from a virtual environment that is not activated still calls that
     environment's nnU-Net; otherwise `name` as given (found on PATH)."""
     if os.sep in name:
         return name

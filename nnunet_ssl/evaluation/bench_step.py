@@ -52,7 +52,7 @@ def bench(dataset: str, configuration: str, trainers: List[str], fold="0", itera
           warmup: int = 3, blocks: int = 2, device: str = "cpu") -> Dict[str, dict]:
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from nnunet_ssl.paths import ensure_ext_trainer_env
+    from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
     ensure_ext_trainer_env()
     fold = fold if fold == "all" else int(fold)
