@@ -23,9 +23,10 @@ Every case is a training case (seeded labeled selection; `--test-fraction` for a
 import os
 from typing import Dict, List
 
-from nnunet_ssl.dataset_conversion.core import (NIFTI_ENDING, Case, ConversionError, ConversionPlan,
-                                                find_file_ci, find_named_folder, seeded_order, subdirs,
-                                                write_volume_case)
+from nnunet_ssl.dataset_conversion.core import Case, ConversionError, ConversionPlan
+from nnunet_ssl.dataset_conversion.source_tree import find_file_ci, find_named_folder, subdirs
+from nnunet_ssl.dataset_conversion.split import seeded_order
+from nnunet_ssl.dataset_conversion.volumes_3d import NIFTI_ENDING, write_volume_case
 
 ROOT_FOLDER = r"MICCAI_BraTS_?2019_Data_Training"
 GRADES = ("HGG", "LGG")

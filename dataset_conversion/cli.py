@@ -9,8 +9,9 @@ import shlex
 import sys
 
 from nnunet_ssl.dataset_conversion import brats, flare, isic, la, pancreas, ph2
-from nnunet_ssl.dataset_conversion.core import (VALIDATION_TARGETS, ConversionError, ConvertOptions, convert,
-                                                convert_external_test)
+from nnunet_ssl.dataset_conversion.convert import convert, convert_external_test
+from nnunet_ssl.dataset_conversion.core import ConversionError, ConvertOptions
+from nnunet_ssl.dataset_conversion.split import VALIDATION_TARGETS
 
 # command name -> (module, one-line help, fixed argument values)
 CONVERTERS = {

@@ -23,9 +23,10 @@ import os
 import re
 from typing import Dict, List
 
-from nnunet_ssl.dataset_conversion.core import (NIFTI_ENDING, Case, ConversionError, ConversionPlan,
-                                                files_matching, find_file_ci, find_named_folder, strip_channel_suffix,
-                                                subdirs, write_volume_case)
+from nnunet_ssl.dataset_conversion.core import Case, ConversionError, ConversionPlan
+from nnunet_ssl.dataset_conversion.source_tree import (files_matching, find_file_ci, find_named_folder,
+                                                       strip_channel_suffix, subdirs)
+from nnunet_ssl.dataset_conversion.volumes_3d import NIFTI_ENDING, write_volume_case
 
 NAME = "FLARE22"
 HAS_EXTRA_UNLABELED = True

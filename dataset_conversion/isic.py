@@ -28,8 +28,9 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from nnunet_ssl.dataset_conversion.core import (Case, ConversionError, files_matching, find_named_folder,
-                                                find_file_ci, lesion_plan)
+from nnunet_ssl.dataset_conversion.core import Case, ConversionError
+from nnunet_ssl.dataset_conversion.images_2d import lesion_plan
+from nnunet_ssl.dataset_conversion.source_tree import files_matching, find_file_ci, find_named_folder
 
 IS_2D = True
 IMAGE_PATTERN = r"ISIC_\d+\.jpe?g"

@@ -30,9 +30,9 @@ import os
 import re
 from typing import Dict, Tuple
 
-from nnunet_ssl.dataset_conversion.core import (NIFTI_ENDING, Case, ConversionError, ConversionPlan,
-                                                find_named_folder, find_split_lists, subdirs, write_h5_case,
-                                                write_volume_case)
+from nnunet_ssl.dataset_conversion.core import Case, ConversionError, ConversionPlan
+from nnunet_ssl.dataset_conversion.source_tree import find_named_folder, find_split_lists, subdirs
+from nnunet_ssl.dataset_conversion.volumes_3d import NIFTI_ENDING, write_h5_case, write_volume_case
 
 NAME = "LA"
 H5_FOLDER, H5_FILE = "2018LA_Seg_Training Set", "mri_norm2.h5"

@@ -30,9 +30,10 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from nnunet_ssl.dataset_conversion.core import (NIFTI_ENDING, Case, ConversionError, ConversionPlan,
-                                                default_list_entry_to_id, files_matching, find_named_folder,
-                                                find_split_lists, subdirs, write_h5_case, write_volume_case)
+from nnunet_ssl.dataset_conversion.core import Case, ConversionError, ConversionPlan
+from nnunet_ssl.dataset_conversion.source_tree import files_matching, find_named_folder, find_split_lists, subdirs
+from nnunet_ssl.dataset_conversion.split import default_list_entry_to_id
+from nnunet_ssl.dataset_conversion.volumes_3d import NIFTI_ENDING, write_h5_case, write_volume_case
 
 NAME = "PancreasCT"
 HAS_EXTRA_UNLABELED = True

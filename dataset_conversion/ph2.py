@@ -18,8 +18,9 @@ import os
 import re
 from typing import Dict
 
-from nnunet_ssl.dataset_conversion.core import (Case, ConversionError, find_file_ci, find_named_folder,
-                                                lesion_plan, subdirs)
+from nnunet_ssl.dataset_conversion.core import Case, ConversionError
+from nnunet_ssl.dataset_conversion.images_2d import lesion_plan
+from nnunet_ssl.dataset_conversion.source_tree import find_file_ci, find_named_folder, subdirs
 
 NAME = "PH2"
 IS_2D = True

@@ -5,8 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from nnunet_ssl.dataset_conversion.core import (Case, ConversionError, ConversionPlan, ConvertOptions, fitted_size,
-                                                make_split, read_case_list, remap_labels)
+from nnunet_ssl.dataset_conversion.core import Case, ConversionError, ConversionPlan, ConvertOptions
+from nnunet_ssl.dataset_conversion.images_2d import fitted_size
+from nnunet_ssl.dataset_conversion.labels import remap_labels
+from nnunet_ssl.dataset_conversion.split import make_split, read_case_list
 from test_conversion_fixtures import seeded
 
 
