@@ -8,6 +8,8 @@ import pytest
 from nnunet_ssl.utilities.paths import trainers_folder
 from nnunet_ssl.data.synthetic import write_synthetic_dataset
 
+# test-only trainers that exercise the core's seams (a dual-head network; two networks with an ensemble)
+SEAM_TRAINERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seam_trainers")
 CPU_ENV = {"nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "0",
            "nnUNet_ssl_epochs": "2", "nnUNet_ssl_iters": "3", "nnUNet_ssl_val_iters": "1",
            "OMP_NUM_THREADS": "2"}
@@ -17,7 +19,7 @@ CPU_ENV = {"nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": 
 def nnunet_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-           "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": trainers_folder(), **CPU_ENV}
+           "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": os.pathsep.join([trainers_folder(), SEAM_TRAINERS]), **CPU_ENV}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env

@@ -118,7 +118,7 @@ def test_cli_train_resume_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
     r = nnunet_ssl_cli("set-inference-weights", "-d", "801", "-c", "2d", "-tr", MT, "-f", "0", "--use", "student")
     assert "teacher -> student" in r.stdout
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
-    for k, v in checkpoint["student_weights"].items():
+    for k, v in checkpoint["ssl_weights"]["student"].items():
         assert torch.equal(checkpoint["network_weights"][k], v)
 
 

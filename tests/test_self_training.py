@@ -97,8 +97,8 @@ def test_cli_train_both_rounds_validate_predict(dataset_2d, nnunet_env, tmp_path
                                                                              "summary.json"])
     final = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
     source = torch.load(marker["source_checkpoint"], weights_only=False)
-    assert final["self_training_round"] == 1 and final["current_epoch"] == 2
-    assert source["self_training_round"] == 0 and source["current_epoch"] == 1
+    assert final["phase"] == 1 and final["current_epoch"] == 2
+    assert source["phase"] == 0 and source["current_epoch"] == 1
     assert any(not torch.equal(final["network_weights"][k], v) for k, v in source["network_weights"].items())
 
     out = tmp_path / "pred"
@@ -148,7 +148,7 @@ def test_resume_reuses_pseudo_labels_of_the_same_training(dataset_2d, nnunet_env
     with pytest.raises(Interrupted):
         trainer.run_training()
     latest = torch.load(os.path.join(folder, "checkpoint_latest.pth"), weights_only=False)
-    assert latest["self_training_round"] == 1 and latest["current_epoch"] == 1
+    assert latest["phase"] == 1 and latest["current_epoch"] == 1
     round_folder = os.path.join(folder, "self_training", "round_1")
     files = [os.path.join(round_folder, name) for name in
              [case + "_seg.b2nd" for case in _pool_cases(nnunet_env)] + ["complete.json"]]  # what the trainer writes
@@ -161,7 +161,7 @@ def test_resume_reuses_pseudo_labels_of_the_same_training(dataset_2d, nnunet_env
     assert "Self-training round 1/1, epochs 1-1: training on 3 labeled + 6 pseudo-labeled cases" in log
     assert "pseudo labels of" not in log and "round 0/1" not in log
     final = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
-    assert final["self_training_round"] == 1 and final["current_epoch"] == 2
+    assert final["phase"] == 1 and final["current_epoch"] == 2
     assert final["self_training_id"] == latest["self_training_id"]
     assert not os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
 
@@ -265,7 +265,7 @@ def test_reliable_round_1_keeps_the_pool_cases_stable_over_round_0(dataset_2d, n
     final round-0 network both predict the pool, and only the most stable half joins the training set. Stubbed
     predictions: the snapshot agrees with the final network on `stable` cases (score 1) and not on the others (0)."""
     from nnunetv2.run.run_training import get_trainer_from_args
-    from nnunet_ssl.core.teachers import unwrap
+    from nnunet_ssl.architectures.common import unwrap
     trainer = get_trainer_from_args("801", "2d", 0, "nnUNetTrainerSelfTrainingReliable", "nnUNetPlans",
                                     device=torch.device("cpu"))
     trainer.first_stage_fraction, trainer.num_epochs = 2 / 3, 3  # round 0: epochs 0-1, round 1: epoch 2

@@ -62,7 +62,7 @@ def test_teacher_pseudo_labels_then_round_1_trains_the_student_only(dataset_2d, 
     path = os.path.join(trainer.output_folder, "checkpoint_test.pth")
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
-    assert checkpoint["self_training_round"] == 1 and checkpoint["inference_weights"] == "teacher"
+    assert checkpoint["phase"] == 1 and checkpoint["inference_weights"] == "teacher"
     for k, v in _state(trainer.teacher).items():
         assert torch.equal(checkpoint["network_weights"][k], v)
     resumed = make_trainer(STSGRS, fold=1)

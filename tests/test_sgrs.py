@@ -113,7 +113,7 @@ def test_cli_train_predict_leaderboard_2d(dataset_2d, nnunet_env, tmp_path):
         assert key in log
     # (--c for every nnUNetTrainerSSL: test_mean_teacher's CLI test)
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
-    assert len(checkpoint["logging"]["omega"]) == 2 and "teacher_weights" in checkpoint
+    assert len(checkpoint["logging"]["omega"]) == 2 and "teacher" in checkpoint["ssl_weights"]
     out = tmp_path / "pred"
     predict_test_set_2d(dataset_2d, out, SGRS)
 

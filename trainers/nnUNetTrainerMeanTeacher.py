@@ -18,17 +18,19 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
     consistency_rampup = 0.25  # T as a fraction of all training iterations
     noise_std, noise_clip = 0.1, 0.2
     ssl_log_keys = ("sup_loss", "consistency_loss", "consistency_weight")
+    unsupervised_terms = ("consistency_loss",)
 
     def train_step(self, batch: dict) -> dict:
         x_l, y_l = self.labeled_batch(batch)
         x_u = self.unlabeled_batch()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         with self.autocast():
             sup_loss = self.loss(self.network(x_l), y_l)
         self.backward(sup_loss)
         with self.autocast():
             p_teacher = self.teacher_probabilities(gaussian_noise(x_u, self.noise_std, self.noise_clip))
-            consistency = consistency_mse(self.student_probabilities(x_u), p_teacher)
+            consistency = self.unsupervised_term("consistency_loss",
+                                                 consistency_mse(self.student_probabilities(x_u), p_teacher))
             weight = self.consistency_weight * self.rampup(self.consistency_rampup)
         self.backward(weight * consistency)
         self.step()

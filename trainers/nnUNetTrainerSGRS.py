@@ -23,7 +23,7 @@ import torch
 
 from nnunet_ssl.components.regional import (PAPER_TAU, mix_up, regional_cross_entropy, regional_dice_loss,
                                  synergy_regions)
-from nnunet_ssl.core.trainer import nnUNetTrainerSSL
+from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
 
 
 class nnUNetTrainerSGRS(nnUNetTrainerSSL):
@@ -39,7 +39,8 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     # a no-grad forward of D_M, +1 forward) so peak memory stays nnUNetTrainer's. None: on for 3D, off for 2D.
     low_memory = None
     ssl_log_keys = ("sup_loss", "con_loss", "nr_loss", "lambda", "delta", "omega", "theta")
-    student_passes = 3  # D_L, D_U, D_M
+    unsupervised_terms = ("con_loss", "nr_loss")
+    step_cost = StepCost(student_passes=3)  # D_L, D_U, D_M; one teacher pass
 
     def on_train_start(self):
         if self.label_manager.has_regions:
@@ -51,7 +52,7 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     def train_step(self, batch: dict) -> dict:
         x_l, y_l = self.labeled_batch(batch)
         x_u = self.unlabeled_batch()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         with self.autocast():
             sup_loss = self.loss(self.network(x_l), y_l)  # L_sup (eq. 12), nnU-Net's loss
         self.backward(sup_loss)
@@ -96,7 +97,7 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
         con = regional_cross_entropy(probs, pseudo_label, omega) + regional_dice_loss(probs, pseudo_label, omega)
         nr = (regional_cross_entropy(probs, pseudo_label, theta, self.label_smoothing)
               + regional_dice_loss(probs, pseudo_label, theta, self.dice_eta))
-        return con, nr
+        return self.unsupervised_term("con_loss", con), self.unsupervised_term("nr_loss", nr)
 
     def regions(self, p_u, p_m):
         regions = synergy_regions(p_u, p_m, self.tau)  # eq. 7-9

@@ -7,7 +7,8 @@ FLARE 2022) inside nnU-Net.
     predict with f_R (checkpoint_final), R = rounds
 
 The budget is nnU-Net's num_epochs: round 0 gets `first_stage_fraction` of the epochs, the rest is split
-equally over the rounds; each round restarts weights, optimizer, PolyLR and grad scaler. The fold's
+equally over the rounds. The rounds are phases of the SSL core (nnunet_ssl.core.phases): each starts with fresh
+weights, optimizer, PolyLR and grad scaler. The fold's
 validation cases are always the real labeled ones. Round k's training set is written once to
 <fold>/self_training/round_<k>/ (links to the preprocessed labeled cases and pool images, pseudo segmentations,
 complete.json); the network that made it is kept as checkpoint_round_<k-1>.pth, and checkpoint_latest.pth is
@@ -17,13 +18,12 @@ written right after the reset, so `--c` resumes in any round and reuses a comple
 ST++ (Yang et al., CVPR 2022) variants: `labeled_share` draws that share of every round's samples from the
 labeled cases (nnUNetTrainerSelfTrainingBalanced: 0.5), and `reliable_fraction` keeps in round 1 only the pool
 cases whose predictions were most stable over round-0 snapshots (nnUNetTrainerSelfTrainingReliable: 0.5).
-A teacher-student round 0 (nnUNetTrainerSelfTrainingSGRS) overrides the three hooks `pseudo_labeller`,
-`pseudo_labeller_state` and `on_network_reset`.
+A teacher-student round 0 (nnUNetTrainerSelfTrainingSGRS) overrides the hooks `pseudo_labeller` and
+`pseudo_labeller_state`.
 """
 import json
 import os
 import uuid
-from bisect import bisect_right
 from contextlib import nullcontext
 from typing import List
 
@@ -34,35 +34,21 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.utilities.file_and_folder_operations import join, write_pickle
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import TORCH_HAS_OLD_GRADSCALER, GradScaler, nnUNetTrainer
 from tqdm import tqdm
 
-from nnunet_ssl.utilities.atomic import atomic_folder, link_file
-from nnunet_ssl.core.checkpoints import edited_checkpoint
-from nnunet_ssl.core.teachers import unwrap
+from nnunet_ssl.architectures.common import unwrap
 from nnunet_ssl.components.pseudo_labels import agreement, keep_most_stable, keep_stable, splits_with_pseudo_labeled
-from nnunet_ssl.core.trainer import budget_and_pool_folder, check_trainer_pool
+from nnunet_ssl.core.phases import Phase
+from nnunet_ssl.core.trainer import nnUNetTrainerSSL
+from nnunet_ssl.utilities.atomic import atomic_folder, link_file
 
 MARKER = "complete.json"
 DROPPED = "dropped"  # a round's pseudo labels left out of its training set, kept for the next round's comparison
 
 
-class RoundPolyLR(PolyLRScheduler):
-    """nnU-Net's PolyLR restarted at every round: lr = initial_lr (1 - (epoch - start) / (end - start))^0.9."""
-
-    def __init__(self, optimizer, initial_lr: float, bounds: List[int]):
-        self.bounds = bounds  # [0, first epoch of round 1, ..., num_epochs]
-        super().__init__(optimizer, initial_lr, bounds[-1])
-
-    def step(self, current_step=None):
-        epoch = current_step or 0  # None only for the initial step in __init__
-        k = min(bisect_right(self.bounds, epoch), len(self.bounds) - 1) - 1
-        self.max_steps = self.bounds[k + 1] - self.bounds[k]
-        super().step(epoch - self.bounds[k])
-
-
-class nnUNetTrainerSelfTraining(nnUNetTrainer):
+class nnUNetTrainerSelfTraining(nnUNetTrainerSSL):
+    draws_unlabeled_batches = False  # rounds >= 1 train on the pool's pseudo labels, round 0 on the labeled cases
+    inference_weights = "student"
     rounds = 1  # pseudo-label + retrain rounds
     first_stage_fraction = 0.5  # share of num_epochs for round 0 (labeled only)
     # rounds >= 2: keep a pool case only if its pseudo label agrees (mean foreground Dice) at least this much with
@@ -81,22 +67,22 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if not hasattr(self, "unlabeled_pool_folder"):  # an SSL base (round 0 = an SSL method) has set it
-            self.unlabeled_pool_folder = budget_and_pool_folder(self)
-        self.current_round = 0
         # a new training (not --c) must not reuse the pseudo labels of an earlier one in the same folder
         self.training_id = uuid.uuid4().hex
 
-    # ------------------------------------------------------------------ schedule
-    @property
-    def round_starts(self) -> List[int]:
-        """First epoch of rounds 0..R."""
-        first = round(self.first_stage_fraction * self.num_epochs)
-        rest = self.num_epochs - first
-        return [0] + [first + k * rest // self.rounds for k in range(self.rounds)]
+    def build_teacher(self):
+        return None  # each round trains one network; the previous round's labels the pool
 
-    def round_of(self, epoch: int) -> int:
-        return bisect_right(self.round_starts, epoch) - 1
+    # ------------------------------------------------------------------ schedule
+    def phases(self) -> List[Phase]:
+        """Round 0, then each round from scratch (fresh weights, optimizer, PolyLR and grad scaler)."""
+        later = (1.0 - self.first_stage_fraction) / self.rounds
+        return [Phase("round 0", self.first_stage_fraction)] + \
+            [Phase(f"round {k}", later, fresh_weights=True) for k in range(1, self.rounds + 1)]
+
+    @property
+    def current_round(self) -> int:
+        return self.current_phase
 
     def round_folder(self, k: int) -> str:
         return join(self.output_folder, "self_training", f"round_{k}")
@@ -106,32 +92,22 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         """Round-0 epochs after which the network is kept for the stability ranking (reliable_fraction)."""
         if self.reliable_fraction is None:
             return []
-        first, n = self.round_starts[1], self.stability_snapshots
+        first, n = self.phase_starts[1], self.stability_snapshots
         return sorted({max(0, round(first * j / (n + 1)) - 1) for j in range(1, n + 1)})
 
     def snapshot_file(self, epoch: int) -> str:
         return join(self.output_folder, "self_training", "round_0_snapshots", f"epoch_{epoch}.pth")
 
-    def configure_optimizers(self):
-        optimizer, _ = super().configure_optimizers()
-        return optimizer, RoundPolyLR(optimizer, self.initial_lr, self.round_starts + [self.num_epochs])
-
     # ------------------------------------------------------------------ set-up
     def on_train_start(self):
-        if self.is_cascaded or self.is_ddp:
+        if self.is_ddp:
             raise RuntimeError(f"{self.__class__.__name__} supports single-GPU 2d and 3d_fullres training only")
-        starts = self.round_starts + [self.num_epochs]
-        if any(a >= b for a, b in zip(starts, starts[1:])):
-            raise ValueError(f"{self.num_epochs} epochs cannot give round 0 and {self.rounds} round(s) at least one "
-                             f"epoch each (first_stage_fraction {self.first_stage_fraction})")
-        n_unlabeled = check_trainer_pool(self)
         super().on_train_start()
         if self.dataset_class is not nnUNetDatasetBlosc2:  # the round folders join labeled cases and the pool
             raise RuntimeError(f"{self.preprocessed_dataset_folder}: not in nnU-Net's Blosc2 format; re-run "
                                f"nnUNetv2_preprocess with nnU-Net 2.8")
-        self.print_to_log_file(f"Self-training: {self.rounds} round(s), first epochs {self.round_starts} of "
-                               f"{self.num_epochs}; unlabeled pool: {n_unlabeled} cases from "
-                               f"{self.unlabeled_pool_folder}")
+        self.print_to_log_file(f"Self-training: {self.rounds} round(s), first epochs {self.phase_starts} of "
+                               f"{self.num_epochs}")
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
@@ -144,7 +120,7 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
             # nnU-Net's loader draws identifiers uniformly, so a labeled case listed r times is drawn r times as often
             dataset_tr = nnUNetDatasetBlosc2(folder, [key for key in keys
                                                       for _ in range(repeats if key in labeled else 1)])
-        bounds = self.round_starts + [self.num_epochs]
+        bounds = self.phase_starts + [self.num_epochs]
         self.print_to_log_file(
             f"Self-training round {self.current_round}/{self.rounds}, epochs {bounds[self.current_round]}-"
             f"{bounds[self.current_round + 1] - 1}: training on {len(labeled)} labeled + {n_pseudo} pseudo-labeled "
@@ -169,12 +145,9 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
             os.replace(path + ".tmp", path)
         super().on_epoch_end()
 
-    def on_epoch_start(self):
-        while self.current_round < self.round_of(self.current_epoch):
-            self.start_round(self.current_round + 1)
-        super().on_epoch_start()
-
-    def start_round(self, k: int) -> None:
+    def before_phase(self, k: int) -> None:
+        """Round k's training set: the previous round's network pseudo-labels the pool (kept as
+        checkpoint_round_<k-1>.pth); a complete folder of this training is reused."""
         folder = self.round_folder(k)
         if self.pseudo_labels_complete(folder):
             self.print_to_log_file(f"Round {k}: pseudo labels in {folder} are complete, reused")
@@ -183,22 +156,13 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
             self.save_checkpoint_at_epoch_start(source)
             with self.pseudo_labeller():
                 self.write_round_folder(k, folder, source)
-        # from scratch: nnU-Net's initialisation of a new network, a new optimizer (no momentum), LR and scaler
-        fresh = self.build_network_architecture(self.plans_manager, self.configuration_manager,
-                                                self.num_input_channels, self.label_manager.num_segmentation_heads,
-                                                self.enable_deep_supervision)
-        unwrap(self.network).load_state_dict(fresh.state_dict())
-        self.on_network_reset()
-        self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        if self.grad_scaler is not None:
-            self.grad_scaler = GradScaler() if TORCH_HAS_OLD_GRADSCALER else GradScaler("cuda")
-        self._best_ema = None  # checkpoint_best is chosen within the last round, never a model of an earlier one
-        self.current_round = k
+
+    def on_phase_start(self, k: int) -> None:
+        """The data loaders of round k's training set (validation: the fold's real labeled cases)."""
         for loader in (self.dataloader_train, self.dataloader_val):
             if isinstance(loader, NonDetMultiThreadedAugmenter):
                 loader._finish()
         self.dataloader_train, self.dataloader_val = self.get_dataloaders()
-        self.save_checkpoint_at_epoch_start(join(self.output_folder, "checkpoint_latest.pth"))
 
     def pseudo_labels_complete(self, folder: str) -> bool:
         marker = join(folder, MARKER)
@@ -276,9 +240,6 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         """The weights `pseudo_labeller` puts in the network (a round-0 stability snapshot)."""
         return unwrap(self.network).state_dict()
 
-    def on_network_reset(self) -> None:
-        """Called right after the network was re-initialised for a new round."""
-
     def pseudo_label_predictor(self) -> nnUNetPredictor:
         """nnU-Net's sliding-window predictor around the network being trained, with the trainer's mirroring."""
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
@@ -323,27 +284,13 @@ class nnUNetTrainerSelfTraining(nnUNetTrainer):
         return blosc2.open(path, mode="r")[:]
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint_at_epoch_start(self, filename: str) -> None:
-        self.current_epoch -= 1  # nnU-Net stores current_epoch + 1, the epoch to resume at
-        self.save_checkpoint(filename)
-        self.current_epoch += 1
+    def checkpoint_extras(self) -> dict:
+        return {**super().checkpoint_extras(), "self_training_id": self.training_id}
 
-    def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        if self.local_rank != 0 or self.disable_checkpointing:
-            return
-        with edited_checkpoint(filename) as checkpoint:
-            checkpoint["self_training_round"] = self.current_round
-            checkpoint["self_training_id"] = self.training_id
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if "self_training_round" not in checkpoint:
-            raise RuntimeError(f"checkpoint was not written by {self.__class__.__name__} (no self-training round)")
-        self.current_round = checkpoint["self_training_round"]
+    def load_checkpoint_extras(self, checkpoint: dict) -> None:
+        super().load_checkpoint_extras(checkpoint)
+        if "self_training_id" not in checkpoint:
+            raise RuntimeError(f"checkpoint was not written by {self.__class__.__name__} (no self-training id)")
         self.training_id = checkpoint["self_training_id"]
 
 

@@ -11,14 +11,17 @@ Why: under one iteration budget, plain self-training pseudo-labels the pool with
 half the budget, and on PH2 its pseudo labels (0.87 Dice) were worse than the supervised baseline's own test
 Dice; round 1 made up that loss but no more. The round-0 teacher here has seen the unlabeled pool.
 Rounds, validation on real labeled cases only, `--c` in any round, and the ST++ options (`labeled_share`,
-`reliable_fraction`; snapshots then hold the teacher) are nnUNetTrainerSelfTraining's.
+`reliable_fraction`; snapshots then hold the teacher) are nnUNetTrainerSelfTraining's; a round's fresh start
+restarts the EMA teacher (nnunet_ssl.core.phases).
 """
-from nnunet_ssl.core.teachers import EMATeacher
 from nnunet_ssl.trainers.nnUNetTrainerSGRS import nnUNetTrainerSGRS
 from nnunet_ssl.trainers.nnUNetTrainerSelfTraining import nnUNetTrainerSelfTraining
 
 
 class nnUNetTrainerSelfTrainingSGRS(nnUNetTrainerSelfTraining, nnUNetTrainerSGRS):
+    draws_unlabeled_batches = True  # SGRS's unlabeled batches in round 0
+    inference_weights = "teacher"
+    build_teacher = nnUNetTrainerSGRS.build_teacher  # the SSL core's EMA teacher, not self-training's None
 
     @property
     def ssl_log_keys(self):
@@ -27,14 +30,14 @@ class nnUNetTrainerSelfTrainingSGRS(nnUNetTrainerSelfTraining, nnUNetTrainerSGRS
     @property
     def total_iterations(self) -> int:
         """SGRS's warm-up (warmup_fraction of this) is a fraction of round 0, the SGRS part of the budget."""
-        return self.round_starts[1] * self.num_iterations_per_epoch
+        return self.phase_starts[1] * self.num_iterations_per_epoch
 
     def train_step(self, batch: dict) -> dict:
         if self.current_round == 0:
             return super().train_step(batch)  # nnUNetTrainerSGRS
         # rounds >= 1: nnU-Net's loss on labeled + pseudo-labeled patches; step() also moves the EMA teacher
         x, y = self.labeled_batch(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         with self.autocast():
             loss = self.loss(self.network(x), y)
         self.backward(loss)
@@ -47,6 +50,3 @@ class nnUNetTrainerSelfTrainingSGRS(nnUNetTrainerSelfTraining, nnUNetTrainerSGRS
 
     def pseudo_labeller_state(self) -> dict:
         return self.teacher.state_dict()
-
-    def on_network_reset(self) -> None:
-        self.teacher = EMATeacher(self.network, self.ema_decay).to(self.device)

@@ -1,36 +1,45 @@
-"""Shared core of every semi-supervised trainer: the unlabeled batch stream, the EMA teacher, the student
-step, SSL logging and checkpoints. A method subclasses `nnUNetTrainerSSL` and writes only `train_step`.
+"""Shared core of every semi-supervised trainer. A method subclasses `nnUNetTrainerSSL` and writes `train_step`;
+what differs between methods is stated through seams, each with nnU-Net's own behaviour as the default:
 
-Everything labeled is nnUNetTrainer's own: plans, network, loss (deep supervision), data loaders,
-augmentation, oversampling, validation, prediction.
+  network     build_network_architecture (nnU-Net's; `nnUNetv2_predict` calls the same one), optionally with
+              dropout (`network_dropout`) or a multi-output wrapper from nnunet_ssl.architectures
+  optimizers  optimized_modules(): every entry gets nnU-Net's optimizer and LR schedule; one step() steps all
+  teacher     build_teacher(): an EMA copy of the student by default, None, or any module; update_teacher()
+  inference   inference_choices(): the named weights (+ output mix) a checkpoint can serve
+  checkpoint  checkpoint_extras() / load_checkpoint_extras(): each class adds what it owns, one write per save
+  phases      phases(): shares of the budget with fresh or carried-over weights and optimizer restarts
+  cost        step_cost: the passes a step needs (bench-step's compute floor)
+
+Everything labeled is nnUNetTrainer's own: plans, loss (deep supervision), data loaders, augmentation,
+oversampling, validation, prediction.
 """
 import os
 from contextlib import contextmanager
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import TORCH_HAS_OLD_GRADSCALER, GradScaler, nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
+from torch import autocast, nn
 
-from nnunet_ssl.core.checkpoints import edited_checkpoint
-from nnunet_ssl.core.teachers import EMATeacher, unwrap
+from nnunet_ssl.architectures.common import full_resolution, set_deep_supervision, unwrap
+from nnunet_ssl.architectures.dropout import Dropout, insert_dropout
+from nnunet_ssl.architectures.multi_output import MultiOutputNetwork
 from nnunet_ssl.components.ramps import gaussian_rampup
+from nnunet_ssl.core.checkpoints import InferenceChoice, choices_entry, compose_weights, write_checkpoint
+from nnunet_ssl.core.phases import Phase, PhasePolyLR, check_phase_starts, phase_starts
+from nnunet_ssl.core.teachers import EMATeacher
 from nnunet_ssl.data.pool import check_pool, preprocessed_pool_folder
-
-
-def full_resolution(output):
-    """The highest-resolution output of a deep-supervision list (or the tensor itself)."""
-    return output[0] if isinstance(output, (list, tuple)) else output
-
 
 # Optional training-length overrides for smoke tests and benchmarks run through the stock CLI
 # (nnU-Net's own default is 1000 epochs x 250 iterations). They are written to the training log.
@@ -50,49 +59,139 @@ def apply_budget_from_env(trainer: nnUNetTrainer) -> Dict[str, int]:
     return applied
 
 
-def budget_and_pool_folder(trainer: nnUNetTrainer):
-    """For a trainer's __init__: apply (and log) the budget from the environment; return the folder of the
-    dataset's preprocessed unlabeled pool for the trainer's configuration (None without a preprocessed dataset)."""
-    budget = apply_budget_from_env(trainer)
-    if budget:
-        trainer.print_to_log_file(f"Training length from environment: {budget}")
-    if trainer.preprocessed_dataset_folder_base is None:
-        return None
-    return preprocessed_pool_folder(trainer.preprocessed_dataset_folder_base,
-                                    trainer.configuration_manager.data_identifier)
+@dataclass(frozen=True)
+class StepCost:
+    """The passes one training step needs, each over one batch of the labeled batch size: bench-step's compute
+    floor. `student_passes` forward+backward passes through each network of optimized_modules(), and
+    `teacher_passes` no-grad forwards (MC dropout: one per stochastic pass)."""
+    student_passes: int = 2  # labeled + unlabeled
+    teacher_passes: int = 1
 
 
-def check_trainer_pool(trainer: nnUNetTrainer) -> int:
-    """Fail before anything heavy happens when the pool is missing or stale; returns its number of cases."""
-    return check_pool(trainer.unlabeled_pool_folder, trainer.plans_manager.plans, trainer.configuration_name,
-                      trainer.plans_manager.dataset_name, trainer.plans_manager.plans_name)
+@dataclass
+class UnsupervisedTerm:
+    """One unsupervised loss term of a step, with its graph until the next backward: `trains` names the
+    optimized modules it should train, `target_from` the module (or "teacher") whose output is its target."""
+    name: str
+    value: torch.Tensor
+    trains: Tuple[str, ...]
+    target_from: str
 
 
 class nnUNetTrainerSSL(nnUNetTrainer):
     """Base class. Class attributes are the method's hyperparameters; subclasses override them."""
 
     ema_decay: float = 0.99
+    ema_warm_start: bool = False  # a_t = min(1 - 1/(t+1), ema_decay), as in the UA-MT / SSL4MIS / SGRS code
+    network_dropout: Optional[Dropout] = None  # e.g. Dropout(0.1, "decoder"); nnU-Net's networks have none
+    draws_unlabeled_batches: bool = True  # the unlabeled batch stream (self-training reads the pool itself)
     unlabeled_batch_size: int = None  # None: same as the labeled batch (per GPU under DDP)
-    inference_weights: str = "teacher"  # what checkpoint['network_weights'] (-> nnUNetv2_predict) holds
+    inference_weights: str = "teacher"  # the inference choice in checkpoint['network_weights'] (-> nnUNetv2_predict)
     ssl_log_keys: Tuple[str, ...] = ()  # per-epoch means of these train_step outputs are logged and printed
-    student_passes: int = 2  # student fwd+bwd per step (labeled + unlabeled): the compute floor of bench-step
+    # the logged keys that are unsupervised losses: train_step registers each with unsupervised_term(), and the
+    # contract test checks that it trains the network it names and sends no gradient into its target's provider
+    unsupervised_terms: Tuple[str, ...] = ()
+    step_cost: StepCost = StepCost()
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.unlabeled_pool_folder = budget_and_pool_folder(self)
-        if self.inference_weights not in ("teacher", "student"):
-            raise ValueError(f"inference_weights must be 'teacher' or 'student', got {self.inference_weights!r}")
+        budget = apply_budget_from_env(self)
+        if budget:
+            self.print_to_log_file(f"Training length from environment: {budget}")
+        self.unlabeled_pool_folder = None if self.preprocessed_dataset_folder_base is None else \
+            preprocessed_pool_folder(self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier)
         self.teacher = None
+        self.optimizers, self.lr_schedulers = {}, {}
         self.dataloader_unlabeled = None
         self.iteration_in_epoch = 0
+        self.current_phase = 0
+        self.pending_terms: List[UnsupervisedTerm] = []
+
+    # ------------------------------------------------------------------ network seam
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """nnU-Net's network from the plans, with `network_dropout` if set. A classmethod (nnU-Net's is static)
+        so that class attributes shape the network; nnUNetv2_predict calls it the same way."""
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
+        return network if cls.network_dropout is None else insert_dropout(network, cls.network_dropout)
+
+    def fresh_network(self) -> nn.Module:
+        network = self.build_network_architecture(self.plans_manager, self.configuration_manager,
+                                                  self.num_input_channels, self.label_manager.num_segmentation_heads,
+                                                  self.enable_deep_supervision)
+        self._set_output_nonlinearity(network)
+        return network
+
+    def _set_output_nonlinearity(self, network: nn.Module) -> None:
+        """A multi-output network mixes probabilities: sigmoid ones for region training (kept in its state, so
+        nnUNetv2_predict mixes the same way)."""
+        if isinstance(unwrap(network), MultiOutputNetwork):
+            unwrap(network).sigmoid_outputs.fill_(self.label_manager.has_regions)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        set_deep_supervision(self.network, enabled)  # nnU-Net's expects network.decoder; wrappers have several
+
+    # ------------------------------------------------------------------ optimizer seam
+    def optimized_modules(self) -> Dict[str, nn.Module]:
+        """The modules that each get nnU-Net's optimizer and LR schedule (configure_optimizers). Default: the
+        whole network, i.e. nnUNetTrainer's own optimizer."""
+        return {"network": unwrap(self.network)}
+
+    def configure_network_optimizers(self) -> None:
+        """One optimizer and LR scheduler per optimized module, and a new grad scaler. The first module's are
+        nnU-Net's `self.optimizer` / `self.lr_scheduler` (its checkpoint and epoch code use those). One grad scaler
+        serves all optimizers: a loss that reaches several networks is scaled once, and each optimizer is unscaled
+        and stepped by the same scaler (PyTorch AMP's rule for several models and optimizers)."""
+        modules = self.optimized_modules()
+        self.optimizers, self.lr_schedulers = {}, {}
+        network = self.network
+        try:
+            for name, module in modules.items():
+                self.network = module  # configure_optimizers (nnU-Net's, or a variant's) reads self.network
+                self.optimizers[name], self.lr_schedulers[name] = self.configure_optimizers()
+        finally:
+            self.network = network
+        first = next(iter(modules))
+        self.optimizer, self.lr_scheduler = self.optimizers[first], self.lr_schedulers[first]
+        if self.grad_scaler is not None:
+            self.grad_scaler = GradScaler() if TORCH_HAS_OLD_GRADSCALER else GradScaler("cuda")
+
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()
+        restarts = [s for s, p in zip(self.phase_starts, self.phases()) if p.restart_optimizer or s == 0]
+        if len(restarts) > 1:
+            lr_scheduler = PhasePolyLR(optimizer, self.initial_lr, restarts + [self.num_epochs])
+        return optimizer, lr_scheduler
+
+    # ------------------------------------------------------------------ teacher seam
+    def build_teacher(self) -> Optional[nn.Module]:
+        """The module that provides targets: an EMA copy of the student by default; None for methods without a
+        teacher. Called at initialisation and at the start of a phase with fresh weights."""
+        return EMATeacher(self.network, self.ema_decay, self.ema_warm_start).to(self.device)
+
+    def update_teacher(self) -> None:
+        """After every optimizer step: the EMA update (its warm start counts the steps of the current phase)."""
+        if isinstance(self.teacher, EMATeacher):
+            self.teacher.update(self.network, step=self.iteration_in_phase)
 
     # ------------------------------------------------------------------ set-up
     def initialize(self):
         was_initialized = self.was_initialized
         super().initialize()
         if not was_initialized:
-            self.teacher = EMATeacher(self.network, self.ema_decay).to(self.device)
+            self._set_output_nonlinearity(self.network)
+            if list(self.optimized_modules()) == ["network"]:  # nnU-Net's optimizer, as super() built it
+                self.optimizers, self.lr_schedulers = {"network": self.optimizer}, {"network": self.lr_scheduler}
+            else:
+                self.configure_network_optimizers()
+            self.teacher = self.build_teacher()
+            choices = self.inference_choices()
+            if self.inference_weights not in choices:
+                raise ValueError(f"{self.__class__.__name__}: inference_weights {self.inference_weights!r} is not one "
+                                 f"of its inference choices {sorted(choices)}")
             for key in self.ssl_log_keys:
                 self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
 
@@ -100,12 +199,16 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if self.is_cascaded:  # the pool has no previous-stage segmentations to feed the second stage
             raise RuntimeError(f"{self.__class__.__name__} does not support cascade configurations "
                                f"({self.configuration_name}); use 2d or 3d_fullres")
+        check_phase_starts(self.phase_starts, self.num_epochs, self.phases())
         # fail before anything heavy happens when the pool is missing or stale
-        n_unlabeled = check_trainer_pool(self)
+        n_unlabeled = check_pool(self.unlabeled_pool_folder, self.plans_manager.plans, self.configuration_name,
+                                 self.plans_manager.dataset_name, self.plans_manager.plans_name)
         super().on_train_start()
-        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
-        self.print_to_log_file(f"Unlabeled pool: {n_unlabeled} cases from {self.unlabeled_pool_folder}, "
-                               f"batch size {self.unlabeled_batch_size or self.batch_size}")
+        if self.draws_unlabeled_batches:
+            self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        self.print_to_log_file(f"Unlabeled pool: {n_unlabeled} cases from {self.unlabeled_pool_folder}" +
+                               (f", batch size {self.unlabeled_batch_size or self.batch_size}"
+                                if self.draws_unlabeled_batches else ""))
 
     def get_unlabeled_dataloader(self):
         """Unlabeled batches with nnU-Net's training augmentation, drawn uniformly from the pool.
@@ -135,6 +238,51 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
             self.dataloader_unlabeled._finish()
 
+    # ------------------------------------------------------------------ phases
+    def phases(self) -> List[Phase]:
+        """The phases of the training, in order; default one phase: nnU-Net's schedule."""
+        return [Phase("training", 1.0)]
+
+    @property
+    def phase_starts(self) -> List[int]:
+        return phase_starts([p.share for p in self.phases()], self.num_epochs)
+
+    def phase_of(self, epoch: int) -> int:
+        return int(np.searchsorted(self.phase_starts, epoch, side="right")) - 1
+
+    def on_epoch_start(self):
+        while self.current_phase < self.phase_of(self.current_epoch):
+            self.start_phase(self.current_phase + 1)
+        super().on_epoch_start()
+
+    def start_phase(self, k: int) -> None:
+        """Enter phase k: before_phase (the previous phase's weights are still in place), then fresh weights and a
+        new teacher and/or new optimizers as the phase says, on_phase_start, and checkpoint_latest, so that --c
+        resumes inside phase k."""
+        self.before_phase(k)
+        phase = self.phases()[k]
+        if phase.fresh_weights:  # nnU-Net's initialisation of new networks, loaded into the modules being trained
+            unwrap(self.network).load_state_dict(self.fresh_network().state_dict())
+            self.teacher = self.build_teacher()
+        if phase.restart_optimizer:
+            self.configure_network_optimizers()
+        self._best_ema = None  # checkpoint_best is chosen within the last phase, never a model of an earlier one
+        self.current_phase = k
+        self.on_phase_start(k)
+        self.save_checkpoint_at_epoch_start(join(self.output_folder, "checkpoint_latest.pth"))
+        self.print_to_log_file(f"Phase {k} ({phase.name}) from epoch {self.phase_starts[k]}")
+
+    def before_phase(self, k: int) -> None:
+        """Hook: phase k is about to start."""
+
+    def on_phase_start(self, k: int) -> None:
+        """Hook: phase k has started (weights, teacher and optimizers are those of phase k)."""
+
+    def save_checkpoint_at_epoch_start(self, filename: str) -> None:
+        self.current_epoch -= 1  # nnU-Net stores current_epoch + 1, the epoch to resume at
+        self.save_checkpoint(filename)
+        self.current_epoch += 1
+
     # ------------------------------------------------------------------ the step's building blocks
     @property
     def total_iterations(self) -> int:
@@ -143,6 +291,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     @property
     def global_iteration(self) -> int:
         return self.current_epoch * self.num_iterations_per_epoch + self.iteration_in_epoch
+
+    @property
+    def iteration_in_phase(self) -> int:
+        return self.global_iteration - self.phase_starts[self.current_phase] * self.num_iterations_per_epoch
 
     def rampup(self, length_fraction: float) -> float:
         """Gaussian ramp-up over the first `length_fraction` of all training iterations."""
@@ -178,29 +330,48 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         logits = logits.float()
         return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def unsupervised_term(self, name: str, value: torch.Tensor, trains: Tuple[str, ...] = None,
+                          target_from: str = "teacher") -> torch.Tensor:
+        """Returns `value` unchanged; records it as the unsupervised term `name` (one of `unsupervised_terms`)
+        until the next backward, so that the contract test can check where its gradient goes."""
+        self.pending_terms.append(UnsupervisedTerm(name, value, tuple(trains or self.optimized_modules()),
+                                                   target_from))
+        return value
+
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradient of one loss term (AMP-scaled on CUDA). Back-propagating the labeled and
         the unlabeled pass one after the other gives the gradient of their sum while only one pass's
         activations are alive at a time: peak memory stays that of nnUNetTrainer's step (a joint pass over
         both batches doubles it, and a 3D nnU-Net plan sized for its GPU or RAM then runs out)."""
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        self.pending_terms = []
 
     def step(self) -> None:
-        """nnU-Net's clip and optimizer step, then the EMA teacher update."""
+        """nnU-Net's clip and optimizer step for every optimized module, then the teacher update."""
+        modules = self.optimized_modules()
+        for name, optimizer in self.optimizers.items():
+            if self.grad_scaler is not None:
+                self.grad_scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(modules[name].parameters(), 12)
+            if self.grad_scaler is not None:
+                self.grad_scaler.step(optimizer)
+            else:
+                optimizer.step()
         if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
-        else:
-            self.optimizer.step()
-        self.teacher.update(self.network)
+        self.update_teacher()
         self.iteration_in_epoch += 1
 
     # ------------------------------------------------------------------ logging
     def on_train_epoch_start(self):
-        super().on_train_epoch_start()
+        super().on_train_epoch_start()  # nnU-Net: network.train(), self.lr_scheduler.step(epoch)
+        for scheduler in self.lr_schedulers.values():
+            if scheduler is not self.lr_scheduler:
+                scheduler.step(self.current_epoch)
         self.iteration_in_epoch = 0
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
@@ -219,15 +390,30 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if parts:
             self.print_to_log_file(", ".join(parts))
 
-    # ------------------------------------------------------------------ which weights validate and predict
+    # ------------------------------------------------------------------ inference seam
+    def weight_sets(self) -> Dict[str, dict]:
+        """Every set of weights the trainer keeps, by name; each loads into build_network_architecture's network."""
+        sets = {"student": unwrap(self.network).state_dict()}
+        if self.teacher is not None:
+            sets["teacher"] = self.teacher.state_dict()
+        return sets
+
+    def inference_choices(self) -> Dict[str, InferenceChoice]:
+        """The named inference choices; `inference_weights` picks the one that validates and predicts."""
+        choices = {"student": InferenceChoice("student", description="the trained network")}
+        if self.teacher is not None:
+            choices["teacher"] = InferenceChoice("teacher", description="the EMA teacher")
+        return choices
+
     @contextmanager
     def inference_network(self):
-        """Run the block with the inference weights (teacher by default) in self.network."""
-        if self.inference_weights == "student":
+        """Run the block with the inference choice's weights in self.network (the student's are put back)."""
+        choice = self.inference_choices()[self.inference_weights]
+        if choice.weights == "student" and choice.output_mix is None:
             yield
             return
         student_state = {k: v.clone() for k, v in unwrap(self.network).state_dict().items()}
-        unwrap(self.network).load_state_dict(self.teacher.state_dict())
+        unwrap(self.network).load_state_dict(compose_weights(self.weight_sets(), choice))
         try:
             yield
         finally:
@@ -248,26 +434,65 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             super().perform_actual_validation(save_probabilities)
 
     # ------------------------------------------------------------------ checkpoints
+    def checkpoint_extras(self) -> dict:
+        """What the SSL core adds to nnU-Net's checkpoint; subclasses add theirs (super() first). `network_weights`
+        (the only entry nnUNetv2_predict reads) is replaced by the inference choice."""
+        weights, choices = self.weight_sets(), self.inference_choices()
+        return {"network_weights": compose_weights(weights, choices[self.inference_weights]),
+                "ssl_weights": weights, "inference_choices": choices_entry(choices),
+                "inference_weights": self.inference_weights,
+                "optimizer_states": {name: o.state_dict() for name, o in self.optimizers.items()},
+                "phase": self.current_phase}
+
+    def load_checkpoint_extras(self, checkpoint: dict) -> None:
+        unwrap(self.network).load_state_dict(checkpoint["ssl_weights"]["student"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(checkpoint["ssl_weights"]["teacher"])
+        for name, state in checkpoint["optimizer_states"].items():
+            self.optimizers[name].load_state_dict(state)
+        self.current_phase = checkpoint["phase"]
+        for key in self.ssl_log_keys:
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus student and teacher weights. 'network_weights', the only entry
-        nnUNetv2_predict reads, holds the inference weights (see `nnunet_ssl set-inference-weights`)."""
-        super().save_checkpoint(filename)
-        if self.local_rank != 0 or self.disable_checkpointing:
+        """nnU-Net's checkpoint entries plus every class's extras, written once (temporary file, then rename)."""
+        if self.local_rank != 0:
             return
-        with edited_checkpoint(filename) as checkpoint:
-            checkpoint["student_weights"] = checkpoint["network_weights"]
-            checkpoint["teacher_weights"] = self.teacher.state_dict()
-            checkpoint["network_weights"] = checkpoint[f"{self.inference_weights}_weights"]
-            checkpoint["inference_weights"] = self.inference_weights
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": None,  # filled by checkpoint_extras
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            **self.checkpoint_extras(),
+        }
+        write_checkpoint(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
+        """nnU-Net's entries (as nnUNetTrainer.load_checkpoint restores them: its own method cannot take a dict in
+        nnU-Net 2.8.1) and every class's extras. The network gets the student weights, not `network_weights`
+        (the inference choice)."""
+        if not self.was_initialized:
+            self.initialize()
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
-        if "teacher_weights" not in checkpoint:
-            raise RuntimeError("checkpoint has no teacher weights: it was not written by a nnunet_ssl trainer")
-        unwrap(self.network).load_state_dict(checkpoint["student_weights"])
-        self.teacher.load_state_dict(checkpoint["teacher_weights"])
-        for key in self.ssl_log_keys:
-            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+        if "ssl_weights" not in checkpoint:
+            name = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "checkpoint"
+            raise RuntimeError(f"{name}: not written by a nnunet_ssl trainer of this version (no 'ssl_weights')")
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        self.load_checkpoint_extras(checkpoint)
