@@ -36,11 +36,14 @@ def cmd_make_splits(args):
 
 
 def cmd_set_inference_weights(args):
-    from nnunet_ssl.core.checkpoints import model_checkpoints, set_inference_weights
+    from nnunet_ssl.core.checkpoints import describe_choices, model_checkpoints, set_inference_weights
 
     for f in model_checkpoints(args.d, args.c, args.tr, args.f, args.p, args.chk):
-        previous = set_inference_weights(f, args.use)
-        print(f"{f}: inference weights {previous} -> {args.use}")
+        if args.use is None:
+            print(f"{f} (* = in network_weights):\n{describe_choices(f)}")
+        else:
+            previous = set_inference_weights(f, args.use)
+            print(f"{f}: inference weights {previous} -> {args.use}")
 
 
 def cmd_demo(args):
@@ -82,14 +85,17 @@ def main(argv=None):
     p.add_argument("-d", required=True)
     p.set_defaults(func=cmd_make_splits)
 
-    p = sub.add_parser("set-inference-weights", help="make nnUNetv2_predict use the student or the EMA teacher")
+    p = sub.add_parser("set-inference-weights", help="list the inference choices of a model's checkpoints (teacher, "
+                                                     "student, network a/b, ensemble, ...) or pick the one "
+                                                     "nnUNetv2_predict uses")
     p.add_argument("-d", required=True)
     p.add_argument("-c", required=True)
     p.add_argument("-tr", required=True)
-    p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"])
+    p.add_argument("-f", nargs="+", default=None, help="folds (default: every fold_* of the model folder)")
     p.add_argument("-p", default="nnUNetPlans")
     p.add_argument("-chk", default="checkpoint_final.pth")
-    p.add_argument("--use", choices=["teacher", "student"], required=True)
+    p.add_argument("--use", default=None, help="the inference choice to put into network_weights; without it the "
+                                               "choices are listed")
     p.set_defaults(func=cmd_set_inference_weights)
 
     for name, text in (("train", "nnUNetv2_train with an explicit length (epochs x iterations), any trainer"),
@@ -116,14 +122,15 @@ def main(argv=None):
 
 def _with_clean_errors(run):
     """Expected user errors (bad input) end with their message and exit code 2, not a traceback."""
-    from nnunet_ssl.evaluation.benchmark import BenchmarkError
-    from nnunet_ssl.dataset_conversion.core import ConversionError
     from nnunet_ssl.commands.self_train import SelfTrainError
-    from nnunet_ssl.data.splits import SplitError
+    from nnunet_ssl.core.checkpoints import CheckpointError
     from nnunet_ssl.data.pool import UnlabeledPoolError
+    from nnunet_ssl.data.splits import SplitError
+    from nnunet_ssl.dataset_conversion.core import ConversionError
+    from nnunet_ssl.evaluation.benchmark import BenchmarkError
     try:
         run()
-    except (UnlabeledPoolError, SplitError, ConversionError, BenchmarkError, SelfTrainError) as e:
+    except (UnlabeledPoolError, SplitError, ConversionError, BenchmarkError, SelfTrainError, CheckpointError) as e:
         print(f"nnunet_ssl: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -16,6 +16,10 @@ import torch
 MIX_KEY = "output_mix"  # the buffer of MultiOutputNetwork
 
 
+class CheckpointError(RuntimeError):
+    """A model folder or checkpoint that cannot serve the request; the message names the file."""
+
+
 @dataclass(frozen=True)
 class InferenceChoice:
     weights: str  # key of ssl_weights
@@ -39,8 +43,15 @@ def choices_in(checkpoint: dict) -> Dict[str, InferenceChoice]:
     if "inference_choices" in checkpoint:
         return {name: InferenceChoice(**{**c, "output_mix": tuple(c["output_mix"]) if c["output_mix"] else None})
                 for name, c in checkpoint["inference_choices"].items()}
-    raise RuntimeError("has no inference choices: it was not written by a nnunet_ssl trainer (or by a version "
-                       "before 0.2; retrain, or use the checkpoint as it is)")
+    raise CheckpointError("has no inference choices: it was not written by a nnunet_ssl trainer of this version "
+                          "(an older one kept only 'student_weights'/'teacher_weights'; retrain)")
+
+
+def _choices_of(checkpoint: dict, checkpoint_file: str) -> Dict[str, InferenceChoice]:
+    try:
+        return choices_in(checkpoint)
+    except CheckpointError as e:
+        raise CheckpointError(f"{checkpoint_file}: {e}") from None
 
 
 def choices_entry(choices: Dict[str, InferenceChoice]) -> dict:
@@ -57,12 +68,9 @@ def write_checkpoint(checkpoint: dict, filename: str) -> None:
 def set_inference_weights(checkpoint_file: str, use: str) -> str:
     """Put inference choice `use` into checkpoint['network_weights']; returns the previous choice."""
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    try:
-        choices = choices_in(checkpoint)
-    except RuntimeError as e:
-        raise RuntimeError(f"{checkpoint_file}: {e}") from None
+    choices = _choices_of(checkpoint, checkpoint_file)
     if use not in choices:
-        raise ValueError(f"{checkpoint_file}: no inference choice {use!r}; it has {sorted(choices)}")
+        raise CheckpointError(f"{checkpoint_file}: no inference choice {use!r}; it has {sorted(choices)}")
     previous = checkpoint.get("inference_weights", "?")
     checkpoint["network_weights"] = compose_weights(checkpoint["ssl_weights"], choices[use])
     checkpoint["inference_weights"] = use
@@ -74,7 +82,7 @@ def describe_choices(checkpoint_file: str) -> str:
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
     current = checkpoint.get("inference_weights")
     lines = []
-    for name, c in choices_in(checkpoint).items():
+    for name, c in _choices_of(checkpoint, checkpoint_file).items():
         mark = "*" if name == current else " "
         mix = f", output mix {list(c.output_mix)}" if c.output_mix else ""
         lines.append(f" {mark} {name}: {c.description or c.weights + ' weights'}{mix}")
@@ -89,15 +97,15 @@ def model_checkpoints(dataset: str, configuration: str, trainer: str, folds: Seq
 
     model = os.path.join(nnUNet_results, maybe_convert_to_dataset_name(dataset), f"{trainer}__{plans}__{configuration}")
     if not os.path.isdir(model):
-        raise FileNotFoundError(f"model folder not found: {model}")
+        raise CheckpointError(f"model folder not found: {model}")
     if not folds:
         present = sorted(d for d in os.listdir(model) if d.startswith("fold_")
                          and os.path.isfile(os.path.join(model, d, checkpoint_name)))
         if not present:
-            raise FileNotFoundError(f"{model}: no fold_*/{checkpoint_name}")
+            raise CheckpointError(f"{model}: no fold_*/{checkpoint_name}")
         return [os.path.join(model, d, checkpoint_name) for d in present]
     files = [os.path.join(model, f"fold_{f}", checkpoint_name) for f in folds]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
-        raise FileNotFoundError("checkpoint(s) not found: " + ", ".join(missing))
+        raise CheckpointError("checkpoint(s) not found: " + ", ".join(missing))
     return files

@@ -2,9 +2,9 @@
 
 For each trainer: build it exactly as nnUNetv2_train does, start its data loaders, warm up, then time
 `train_step(next(dataloader_train))` (data loading included, as in training) in interleaved blocks so drift
-of the machine hits all trainers alike. The floor of a teacher-student step is measured on the same network
-with random tensors: student forward+backward on labeled+unlabeled batch plus a no-grad teacher forward,
-relative to nnUNetTrainer's forward+backward on the labeled batch.
+of the machine hits all trainers alike. Each trainer's compute floor is measured from what it declares
+(`nnUNetTrainerSSL.step_cost`: student passes per optimized network, teacher passes including MC-dropout
+passes) with random tensors, relative to nnUNetTrainer's forward+backward on the labeled batch.
 """
 import argparse
 import time
@@ -25,27 +25,51 @@ def _timed(fn, repeats: int) -> List[float]:
     return times
 
 
+def _scalar(output) -> torch.Tensor:
+    """A scalar that depends on every output tensor (deep-supervision lists, a multi-output network's dict)."""
+    if isinstance(output, dict):
+        return sum(_scalar(o) for o in output.values())
+    if isinstance(output, (list, tuple)):
+        return sum(_scalar(o) for o in output)
+    return output.float().mean()
+
+
+def _all_outputs(module, x):
+    from nnunet_ssl.architectures.multi_output import MultiOutputNetwork
+    from nnunet_ssl.architectures.common import unwrap
+    return module(x, all_outputs=True) if isinstance(unwrap(module), MultiOutputNetwork) else module(x)
+
+
 def compute_floor(trainer, repeats: int = 10) -> Dict[str, float]:
-    """Seconds for one supervised fwd+bwd (batch B) and for the teacher-student floor: the trainer's
-    `student_passes` fwd+bwd of batch B (labeled, unlabeled, and for SGRS the mixed batch) + a no-grad teacher
-    forward."""
+    """Seconds for one supervised fwd+bwd (batch B) and for the trainer's floor as it declares it (`step_cost`):
+    `student_passes` fwd+bwd of batch B through each of its optimized networks (two for a dual-network method)
+    and `teacher_passes` no-grad teacher forwards, batched into one forward of teacher_passes x B samples as
+    MC-dropout teachers run them. nnUNetTrainer (no step_cost): the floor is its own fwd+bwd."""
     b = trainer.batch_size
     x = torch.randn(b, trainer.num_input_channels, *trainer.configuration_manager.patch_size, device=trainer.device)
-    net, teacher = trainer.network, getattr(trainer, "teacher", None) or trainer.network
+    cost = getattr(trainer, "step_cost", None)
+    networks = list(trainer.optimized_modules().values()) if cost is not None else [trainer.network]
+    teacher = getattr(trainer, "teacher", None) or networks[0]
+
+    def fwd_bwd(network):
+        _scalar(_all_outputs(network, x)).backward()
 
     def supervised():
-        out = net(x)
-        sum(o.float().mean() for o in (out if isinstance(out, (list, tuple)) else [out])).backward()
+        fwd_bwd(networks[0])
 
-    def teacher_student():
-        with torch.no_grad():
-            teacher(x)
-        for _ in range(getattr(trainer, "student_passes", 1)):  # separate backward per pass, as the trainers do
-            supervised()
+    def floor():
+        if cost is None:
+            return supervised()
+        if cost.teacher_passes:
+            with torch.no_grad():
+                _all_outputs(teacher, x.repeat(cost.teacher_passes, *([1] * (x.dim() - 1))))
+        for network in networks:
+            for _ in range(cost.student_passes):  # separate backward per pass, as the trainers do
+                fwd_bwd(network)
 
-    supervised(), teacher_student()  # warm-up
+    supervised(), floor()  # warm-up
     return {"supervised_fwd_bwd": float(np.median(_timed(supervised, repeats))),
-            "teacher_student_floor": float(np.median(_timed(teacher_student, repeats)))}
+            "teacher_student_floor": float(np.median(_timed(floor, repeats)))}
 
 
 def bench(dataset: str, configuration: str, trainers: List[str], fold="0", iterations: int = 20,
@@ -99,5 +123,5 @@ def main(argv=None):
     a = p.parse_args(argv)
     results = bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device)
     print(format_results(results, a.tr[0]))
-    print("compute floor ratio: the teacher-student floor (the trainer's student fwd+bwd passes, e.g. labeled + "
-          "unlabeled, and a no-grad teacher fwd) over nnUNetTrainer's fwd+bwd, same network, random tensors")
+    print("compute floor ratio: the floor each trainer declares (step_cost: student fwd+bwd passes per trained "
+          "network, no-grad teacher passes) over nnUNetTrainer's fwd+bwd, random tensors")

@@ -3,8 +3,9 @@ import os
 
 
 def trainers_folder() -> str:
-    import nnunet_ssl.trainers
-    return os.path.dirname(os.path.abspath(nnunet_ssl.trainers.__file__))
+    """Found without importing the trainers (a higher layer; importing them would import nnU-Net)."""
+    import importlib.util
+    return os.path.abspath(list(importlib.util.find_spec("nnunet_ssl.trainers").submodule_search_locations)[0])
 
 
 def ensure_ext_trainer_env() -> None:
