@@ -2,7 +2,8 @@
 the two seam trainers of tests/seam_trainers, on a tiny 2D and a tiny 3D plan, in process:
 
   * a few train_steps on CPU; every unsupervised term the trainer declares sends gradient into the network it
-    trains and none into the module that provides its target (the EMA teacher, or the other network);
+    trains, and every registered term none into the module that provides its target (the EMA teacher, or the
+    other network);
   * save, then resume into a fresh trainer: networks, teacher, every optimizer, epoch, phase and SSL log equal;
   * for each inference choice, the model folder loads as nnUNetv2_predict loads it (nnUNetPredictor
     .initialize_from_trained_model_folder) and predicts a test case into a valid label map.
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SEAM_TRAINERS, prepare
+from conftest import SEAM_TRAINERS
 
 STEPS = 2
 
@@ -33,16 +34,6 @@ def trainer_names():
                   if issubclass(cls, nnUNetTrainer) and cls.__module__ == module.__name__}
     names |= {os.path.basename(f)[:-3] for f in glob.glob(os.path.join(SEAM_TRAINERS, "nnUNetTrainer*.py"))}
     return sorted(names)
-
-
-@pytest.fixture(scope="session")
-def contract_2d(nnunet_env):
-    return prepare(nnunet_env, 811, 2, "2d", n_labeled=4, n_unlabeled=4, n_test=1, size=32)
-
-
-@pytest.fixture(scope="session")
-def contract_3d(nnunet_env):
-    return prepare(nnunet_env, 812, 3, "3d_fullres", n_labeled=4, n_unlabeled=3, n_test=1, size=20)
 
 
 def build(name, dataset, configuration):
@@ -67,7 +58,6 @@ def check_terms_on_backward(trainer, reached: dict):
     def checked(loss):
         modules = modules_by_name(trainer)
         for term in trainer.pending_terms:
-            assert term.name in trainer.unsupervised_terms, f"{term.name} is not declared in unsupervised_terms"
             if not term.value.requires_grad:  # no graph at all: trains nothing
                 reached.setdefault(term.name, False)
                 continue
@@ -136,7 +126,9 @@ def test_trainer_contract(name, dim, request, nnunet_env):
         for _ in range(STEPS):
             out = trainer.train_step(next(trainer.dataloader_train))
             assert np.isfinite(out["loss"])
-        assert reached == {t: True for t in trainer.unsupervised_terms}, \
+        # every declared term was registered and sent gradient into its network in some step (a variant may
+        # register a term it switches off, e.g. an empty region; that one must still spare its target's provider)
+        assert {t: reached.get(t) for t in trainer.unsupervised_terms} == {t: True for t in trainer.unsupervised_terms}, \
             f"unsupervised terms registered / reaching their network: {reached}"
         if trainer.teacher is not None:
             assert all(p.grad is None for p in trainer.teacher.parameters())

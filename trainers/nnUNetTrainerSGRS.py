@@ -132,9 +132,11 @@ class nnUNetTrainerSGRS_NoMA(nnUNetTrainerSGRS):
 class nnUNetTrainerSGRS_ConEverywhere(nnUNetTrainerSGRS):
     """No synergy evaluation: L_con on every voxel (plain mean-teacher pseudo-labelling with mix-up)."""
     regions_mode = "con_everywhere"
+    unsupervised_terms = ("con_loss",)  # L_NR has an empty region
 
 
 class nnUNetTrainerSGRS_NREverywhere(nnUNetTrainerSGRS):
     """No synergy evaluation: the noise-robust L_NR on every voxel."""
     regions_mode = "nr_everywhere"
+    unsupervised_terms = ("nr_loss",)  # L_con has an empty region
 
