@@ -87,12 +87,6 @@ def three_labeled_no_pool(nnunet_env):
 
 
 @pytest.fixture(scope="session")
-def dataset_3d_no_pool(nnunet_env):
-    """3D NIfTI, planned and preprocessed, unlabeled pool NOT preprocessed yet."""
-    return prepare(nnunet_env, 802, 3, "3d_fullres", pool=False, n_labeled=5, n_unlabeled=4, n_test=2, size=24)
-
-
-@pytest.fixture(scope="session")
 def contract_2d(nnunet_env):
     """4 labeled, 4 unlabeled, 1 test RGB PNG, 32x32: the contract test and the seam trainers' CLI run."""
     return prepare(nnunet_env, 811, 2, "2d", n_labeled=4, n_unlabeled=4, n_test=1, size=32)

@@ -1,7 +1,6 @@
 """nnUNetTrainerMeanTeacher: the step, its gradients, checkpoints, and the stock nnU-Net CLIs end to end."""
 import glob
 import os
-import shutil
 
 import pytest
 import torch
@@ -122,25 +121,17 @@ def test_cli_train_resume_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
         assert torch.equal(checkpoint["network_weights"][k], v)
 
 
-def test_cli_3d_missing_pool_fails_fast_then_trains_fold_all(dataset_3d_no_pool, nnunet_env, tmp_path):
-    # the fixture is shared: another test file may have preprocessed the pool already
-    shutil.rmtree(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset802_T3D",
-                               "nnUNetPlans_3d_fullres_unlabeled"), ignore_errors=True)
-    r = run_cli("nnUNetv2_train", "802", "3d_fullres", "all", "-tr", MT, "-device", "cpu", check=False)
+def test_cli_3d_missing_pool_fails_fast(contract_3d, nnunet_env):
+    """Without a preprocessed pool the stock command stops before any epoch, naming the folder and the command
+    that makes it. (3D training and prediction of every trainer: tests/test_contract.py.)"""
+    pool = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset812_T3D", "nnUNetPlans_3d_fullres_unlabeled")
+    os.replace(pool, pool + ".aside")
+    try:
+        r = run_cli("nnUNetv2_train", "812", "3d_fullres", "all", "-tr", MT, "-device", "cpu", check=False)
+    finally:
+        os.replace(pool + ".aside", pool)
     assert r.returncode != 0
     output = r.stdout + r.stderr
     assert "nnUNetPlans_3d_fullres_unlabeled does not exist" in output
-    assert "nnunet_ssl preprocess-unlabeled -d Dataset802_T3D -c 3d_fullres" in output
+    assert "nnunet_ssl preprocess-unlabeled -d Dataset812_T3D -c 3d_fullres" in output
     assert "Epoch 0" not in output
-
-    nnunet_ssl_cli("preprocess-unlabeled", "-d", "802", "-c", "3d_fullres", "-np", "2")
-    run_cli("nnUNetv2_train", "802", "3d_fullres", "all", "-tr", MT, "-device", "cpu")
-    out = tmp_path / "pred3d"
-    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_3d_no_pool, "imagesTs"), "-o", out, "-d", "802",
-            "-c", "3d_fullres", "-f", "all", "-tr", MT, "-device", "cpu", "-npp", "0", "-nps", "0")
-    import SimpleITK as sitk
-    predictions = sorted(glob.glob(str(out / "*.nii.gz")))
-    assert len(predictions) == 2
-    reference = sitk.ReadImage(os.path.join(dataset_3d_no_pool, "labelsTs", os.path.basename(predictions[0])))
-    prediction = sitk.ReadImage(predictions[0])
-    assert prediction.GetSize() == reference.GetSize() and prediction.GetSpacing() == reference.GetSpacing()

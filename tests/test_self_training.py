@@ -154,9 +154,12 @@ def test_resume_reuses_pseudo_labels_of_the_same_training(dataset_2d, nnunet_env
              [case + "_seg.b2nd" for case in _pool_cases(nnunet_env)] + ["complete.json"]]  # what the trainer writes
     stamps = {f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in files}
 
-    run_cli("nnUNetv2_train", "801", "2d", str(fold), "-tr", ST, "-device", "cpu", "--c")
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+    continued = make_trainer(fold)  # what nnUNetv2_train --c does, in process (the CLI: the test above)
+    maybe_load_checkpoint(continued, True, False, None)
+    continued.run_training()
     assert {f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in files} == stamps
-    log = _latest_log(folder)
+    log = open(continued.log_file).read()
     assert "Epoch 1" in log and "Epoch 0" not in log
     assert "Self-training round 1/1, epochs 1-1: training on 3 labeled + 6 pseudo-labeled cases" in log
     assert "pseudo labels of" not in log and "round 0/1" not in log

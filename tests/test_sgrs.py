@@ -123,13 +123,3 @@ def test_cli_train_predict_leaderboard_2d(dataset_2d, nnunet_env, tmp_path):
     row = next(line for line in r.stdout.splitlines() if SGRS in line)
     assert "cross-validation, missing folds 1 2 3 | 1 |" in row
     assert os.path.isfile(os.path.join(folder, "validation", "summary_ssl.json"))
-
-
-def test_cli_3d_fold_all_low_memory_path(dataset_3d_no_pool, nnunet_env, tmp_path):
-    nnunet_ssl_cli("preprocess-unlabeled", "-d", "802", "-c", "3d_fullres", "-np", "2")
-    run_cli("nnUNetv2_train", "802", "3d_fullres", "all", "-tr", "nnUNetTrainerSGRS_NoMA", "-device", "cpu")
-    out = tmp_path / "pred3d"
-    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_3d_no_pool, "imagesTs"), "-o", out, "-d", "802",
-            "-c", "3d_fullres", "-f", "all", "-tr", "nnUNetTrainerSGRS_NoMA", "-device", "cpu", "-npp", "0",
-            "-nps", "0")
-    assert len(glob.glob(str(out / "*.nii.gz"))) == 2
