@@ -36,9 +36,12 @@ def trainer_names():
     return sorted(names)
 
 
+FOLD = "all"  # the other tests of Dataset801 train folds 0-3 (and MT's fold all, from scratch)
+
+
 def build(name, dataset, configuration):
     from nnunetv2.run.run_training import get_trainer_from_args
-    return get_trainer_from_args(dataset, configuration, 0, name, "nnUNetPlans", device=torch.device("cpu"))
+    return get_trainer_from_args(dataset, configuration, FOLD, name, "nnUNetPlans", device=torch.device("cpu"))
 
 
 def modules_by_name(trainer):
@@ -103,7 +106,7 @@ def predict_one(model_folder, image_file, checkpoint_name):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
                                 perform_everything_on_device=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_folder, use_folds=(0,), checkpoint_name=checkpoint_name)
+    predictor.initialize_from_trained_model_folder(model_folder, use_folds=(FOLD,), checkpoint_name=checkpoint_name)
     reader = predictor.plans_manager.image_reader_writer_class()
     image, properties = reader.read_images([image_file])
     return predictor, image, predictor.predict_single_npy_array(image, properties)
@@ -114,8 +117,8 @@ def predict_one(model_folder, image_file, checkpoint_name):
 def test_trainer_contract(name, dim, request, nnunet_env):
     from nnunet_ssl.core.checkpoints import choices_in, set_inference_weights
 
-    raw = request.getfixturevalue(f"contract_{dim}d")
-    dataset, configuration = ("811", "2d") if dim == 2 else ("812", "3d_fullres")
+    raw = request.getfixturevalue("dataset_2d" if dim == 2 else "contract_3d")
+    dataset, configuration = ("801", "2d") if dim == 2 else ("812", "3d_fullres")
     torch.manual_seed(0)
     trainer = build(name, dataset, configuration)
     trainer.on_train_start()
@@ -128,7 +131,8 @@ def test_trainer_contract(name, dim, request, nnunet_env):
             assert np.isfinite(out["loss"])
         # every declared term was registered and sent gradient into its network in some step (a variant may
         # register a term it switches off, e.g. an empty region; that one must still spare its target's provider)
-        assert {t: reached.get(t) for t in trainer.unsupervised_terms} == {t: True for t in trainer.unsupervised_terms}, \
+        declared = trainer.unsupervised_terms
+        assert {t: reached.get(t) for t in declared} == dict.fromkeys(declared, True), \
             f"unsupervised terms registered / reaching their network: {reached}"
         if trainer.teacher is not None:
             assert all(p.grad is None for p in trainer.teacher.parameters())
@@ -164,10 +168,10 @@ def test_trainer_contract(name, dim, request, nnunet_env):
             assert predictor.network.output_mix.tolist() == list(choice.output_mix)
 
 
-def test_term_check_catches_a_term_without_student_gradient(contract_2d, nnunet_env, monkeypatch):
+def test_term_check_catches_a_term_without_student_gradient(dataset_2d, nnunet_env, monkeypatch):
     """The contract's gradient check can fail: Mean Teacher's consistency computed teacher-vs-teacher (the bug a
     well-known SSL library shipped) sends no gradient into the student."""
-    trainer = build("nnUNetTrainerMeanTeacher", "811", "2d")
+    trainer = build("nnUNetTrainerMeanTeacher", "801", "2d")
     trainer.on_train_start()
     monkeypatch.setattr(trainer, "student_probabilities", trainer.teacher_probabilities)
     reached = {}

@@ -23,7 +23,7 @@ def layer_of(module: str):
 
 
 def imported_modules(path: str):
-    tree = ast.parse(open(path).read(), path)
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
     for node in ast.walk(tree):  # function-level imports count too
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)

@@ -62,10 +62,21 @@ def test_baseline_and_ssl_trainer_train_every_fold_kind_on_four_labeled(four_lab
 
 
 def test_three_labeled_baseline_fold_all_and_ssl_last_fold(three_labeled, nnunet_env):
-    nnunet_ssl_cli("train", "803", "2d", "all", "-tr", "nnUNetTrainer", "--epochs", "1", "--iters", "2")
-    run_cli("nnUNetv2_train", "803", "2d", "2", "-tr", "nnUNetTrainerMeanTeacher", "-device", "cpu")
-    expected = [c + ".png" for c in _splits(nnunet_env, THREE)[2]["val"]]
-    assert _val_cases(nnunet_env, THREE, "nnUNetTrainerMeanTeacher", 2) == expected
+    """In process (the stock CLIs on every fold kind: the test above): nnUNetTrainer on fold all and the SSL
+    trainer on the last of the 3 leave-one-out folds start, train a step and validate the split's case."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    labeled, last_fold = [f"case{i:03d}" for i in range(3)], _splits(nnunet_env, THREE)[2]
+    for trainer_name, fold in (("nnUNetTrainer", "all"), ("nnUNetTrainerMeanTeacher", 2)):
+        trainer = get_trainer_from_args("803", "2d", fold, trainer_name, "nnUNetPlans", device=torch.device("cpu"))
+        trainer.on_train_start()
+        try:
+            trainer.train_step(next(trainer.dataloader_train))
+            train, val = trainer.do_split()
+            assert (sorted(train), sorted(val)) == ((labeled, labeled) if fold == "all" else
+                                                    (sorted(last_fold["train"]), last_fold["val"]))
+        finally:
+            trainer.on_train_end()
 
 
 def test_user_split_is_respected_and_checked(tmp_path):

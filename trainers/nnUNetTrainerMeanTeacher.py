@@ -21,8 +21,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
     unsupervised_terms = ("consistency_loss",)
 
     def train_step(self, batch: dict) -> dict:
-        x_l, y_l = self.labeled_batch(batch)
-        x_u = self.unlabeled_batch()
+        x_l, y_l, x_u = self.step_batches(batch)
         self.zero_grad()
         with self.autocast():
             sup_loss = self.loss(self.network(x_l), y_l)

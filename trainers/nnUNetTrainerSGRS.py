@@ -50,8 +50,7 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
 
     # ------------------------------------------------------------------ the method
     def train_step(self, batch: dict) -> dict:
-        x_l, y_l = self.labeled_batch(batch)
-        x_u = self.unlabeled_batch()
+        x_l, y_l, x_u = self.step_batches(batch)
         self.zero_grad()
         with self.autocast():
             sup_loss = self.loss(self.network(x_l), y_l)  # L_sup (eq. 12), nnU-Net's loss

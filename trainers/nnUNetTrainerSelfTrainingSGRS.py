@@ -46,7 +46,7 @@ class nnUNetTrainerSelfTrainingSGRS(nnUNetTrainerSelfTraining, nnUNetTrainerSGRS
         return {"loss": loss, "sup_loss": loss}
 
     def pseudo_labeller(self):
-        return self.inference_network()  # the EMA teacher's weights in self.network
+        return self.inference_network()  # the inference choice (the EMA teacher by default) in self.network
 
     def pseudo_labeller_state(self) -> dict:
-        return self.teacher.state_dict()
+        return self.inference_state()  # what pseudo_labeller puts there, also with inference_weights = "student"

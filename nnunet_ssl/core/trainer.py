@@ -315,6 +315,12 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def unlabeled_batch(self) -> torch.Tensor:
         return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
 
+    def step_batches(self, batch: dict) -> Tuple[torch.Tensor, object, torch.Tensor]:
+        """(x_l, y_l, x_u): the labeled batch as nnUNetTrainer makes it (deep-supervision targets) and an
+        unlabeled batch from the pool, on the device."""
+        x_l, y_l = self.labeled_batch(batch)
+        return x_l, y_l, self.unlabeled_batch()
+
     @torch.no_grad()
     def teacher_probabilities(self, data: torch.Tensor) -> torch.Tensor:
         """Full-resolution teacher probabilities (softmax, or sigmoid for region training); no graph."""
@@ -405,6 +411,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             choices["teacher"] = InferenceChoice("teacher", description="the EMA teacher")
         return choices
 
+    def inference_state(self) -> dict:
+        """The weights of the inference choice (what `network_weights` holds), tensors shared, not copied."""
+        return compose_weights(self.weight_sets(), self.inference_choices()[self.inference_weights])
+
     @contextmanager
     def inference_network(self):
         """Run the block with the inference choice's weights in self.network (the student's are put back)."""
@@ -413,7 +423,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             yield
             return
         student_state = {k: v.clone() for k, v in unwrap(self.network).state_dict().items()}
-        unwrap(self.network).load_state_dict(compose_weights(self.weight_sets(), choice))
+        unwrap(self.network).load_state_dict(self.inference_state())
         try:
             yield
         finally:

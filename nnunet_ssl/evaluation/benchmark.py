@@ -4,8 +4,8 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
 1. plan and preprocess with stock nnU-Net if not done, preprocess the unlabeled pool (skipped when up to date);
 2. per trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x iterations, fold `all` or a
    given fold) into the benchmark's own nnUNet_results, stock `nnUNetv2_predict` on imagesTs, evaluation with
-   nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per iteration,
-   wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation);
+   nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per
+   iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation);
 3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
@@ -60,7 +60,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    from nnunet_ssl.evaluation.leaderboard import TEST_PREFIX, dataset_counts, make_row, markdown_table, write_leaderboard
+    from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
+                                                   write_leaderboard)
     from nnunet_ssl.evaluation.metrics import evaluate_folder
     from nnunet_ssl.utilities.paths import trainers_folder
 

@@ -26,14 +26,8 @@ class nnUNetTrainerSeamDualHead(nnUNetTrainerSSL):
         head = type(conv)(conv.in_channels, num_output_channels, 1)
         return MultiHeadNetwork(backbone, {"aux": head})
 
-    def inference_choices(self):
-        return {**super().inference_choices(),
-                "teacher_mean": InferenceChoice("teacher", (0.5, 0.5), "mean of the EMA teacher's two heads"),
-                "student_aux": InferenceChoice("student", (0.0, 1.0), "the student's aux head")}
-
     def train_step(self, batch: dict) -> dict:
-        x_l, y_l = self.labeled_batch(batch)
-        x_u = self.unlabeled_batch()
+        x_l, y_l, x_u = self.step_batches(batch)
         self.zero_grad()
         with self.autocast():
             out = self.network(x_l, all_outputs=True)
@@ -42,9 +36,14 @@ class nnUNetTrainerSeamDualHead(nnUNetTrainerSSL):
         with self.autocast():
             with torch.no_grad():
                 pseudo = full_resolution(self.teacher(x_u, all_outputs=True)["main"]).argmax(1)
-            aux_pseudo = self.unsupervised_term("aux_pseudo_loss",
-                                                F.cross_entropy(self.network(x_u, all_outputs=True)["aux"].float(), pseudo))
+            aux = self.network(x_u, all_outputs=True)["aux"].float()
+            aux_pseudo = self.unsupervised_term("aux_pseudo_loss", F.cross_entropy(aux, pseudo))
         self.backward(aux_pseudo)
         self.step()
         return {"loss": (sup + aux_pseudo).detach().cpu().numpy(), "sup_loss": sup.detach().cpu().numpy(),
                 "aux_pseudo_loss": aux_pseudo.detach().cpu().numpy()}
+
+    def inference_choices(self):
+        return {**super().inference_choices(),
+                "teacher_mean": InferenceChoice("teacher", (0.5, 0.5), "mean of the EMA teacher's two heads"),
+                "student_aux": InferenceChoice("student", (0.0, 1.0), "the student's aux head")}

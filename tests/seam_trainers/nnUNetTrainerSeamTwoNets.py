@@ -39,8 +39,7 @@ class nnUNetTrainerSeamTwoNets(nnUNetTrainerSSL):
                 "b": InferenceChoice("student", (0.0, 1.0), "network b")}
 
     def train_step(self, batch: dict) -> dict:
-        x_l, y_l = self.labeled_batch(batch)
-        x_u = self.unlabeled_batch()
+        x_l, y_l, x_u = self.step_batches(batch)
         self.zero_grad()
         with self.autocast():
             out = self.network(x_l, all_outputs=True)

@@ -1,0 +1,33 @@
+"""bench-step's compute floor follows what each trainer declares (step_cost, optimized_modules, teacher)."""
+import torch
+
+from nnunet_ssl.architectures.common import unwrap
+from nnunet_ssl.evaluation.bench_step import compute_floor
+
+
+def _build(name):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args("801", "2d", "all", name, "nnUNetPlans", device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _count_forwards(module, counts, key):
+    module.register_forward_hook(lambda m, i, o: counts.setdefault(key, []).append(i[0].shape[0]))
+
+
+def test_floor_counts_the_declared_passes(dataset_2d, nnunet_env):
+    counts = {}
+    mean_teacher = _build("nnUNetTrainerMeanTeacher")  # 2 student passes, 1 teacher pass
+    _count_forwards(unwrap(mean_teacher.network), counts, "student")
+    _count_forwards(mean_teacher.teacher.module, counts, "teacher")
+    floor = compute_floor(mean_teacher, repeats=1)  # warm-up + 1 timed run of each
+    b = mean_teacher.batch_size
+    assert counts == {"student": [b] * 6, "teacher": [b] * 2} and floor["teacher_student_floor"] > 0
+
+    counts = {}
+    two_nets = _build("nnUNetTrainerSeamTwoNets")  # 2 passes through each of two networks, no teacher
+    for name, member in unwrap(two_nets.network).members.items():
+        _count_forwards(member, counts, name)
+    compute_floor(two_nets, repeats=1)
+    assert counts == {"a": [b] * 6, "b": [b] * 4}  # a also gives the supervised reference
