@@ -8,8 +8,8 @@ FLARE 2022) inside nnU-Net.
 
 The budget is nnU-Net's num_epochs: round 0 gets `first_stage_fraction` of the epochs, the rest is split
 equally over the rounds. The rounds are phases of the SSL core (nnunet_ssl.core.phases): each starts with fresh
-weights, optimizer, PolyLR and grad scaler. The fold's
-validation cases are always the real labeled ones. Round k's training set is written once to
+weights, optimizer, PolyLR and grad scaler; the step is nnUNetTrainer's own. The fold's validation cases are
+always the real labeled ones. Round k's training set is written once to
 <fold>/self_training/round_<k>/ (links to the preprocessed labeled cases and pool images, pseudo segmentations,
 complete.json); the network that made it is kept as checkpoint_round_<k-1>.pth, and checkpoint_latest.pth is
 written right after the reset, so `--c` resumes in any round and reuses a complete folder. From round 2 on,
