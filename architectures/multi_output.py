@@ -12,6 +12,7 @@ Training code never relies on the mix: `network(x, all_outputs=True)` returns ev
 through the module (rather than a method of the unwrapped network) keeps DDP's gradient synchronisation and
 torch.compile in the path.
 """
+import math
 from typing import Dict, List, Sequence
 
 import torch
@@ -29,7 +30,7 @@ def mix_probabilities(logits: Sequence[torch.Tensor], weights: Sequence[float], 
         p = sum(w / total * torch.sigmoid(z.float()) for w, z in zip(weights, logits) if w)
         p = p.clamp(_MIN_PROB, 1 - _MIN_PROB)
         return torch.log(p) - torch.log1p(-p)
-    terms = [torch.log_softmax(z.float(), 1) + torch.log(torch.tensor(w / total)) for w, z in zip(weights, logits) if w]
+    terms = [torch.log_softmax(z.float(), 1) + math.log(w / total) for w, z in zip(weights, logits) if w]
     return torch.logsumexp(torch.stack(terms), 0)
 
 
@@ -52,8 +53,7 @@ def mix_outputs(outputs: List, weights: Sequence[float], sigmoid: bool):
 
 
 class MultiOutputNetwork(nn.Module):
-    """Base: subclasses define `output_names` and `forward_outputs(x) -> {name: output}`."""
-    output_names: Sequence[str] = ()
+    """Base: subclasses pass their output names and define `forward_outputs(x) -> {name: output}`."""
 
     def __init__(self, output_names: Sequence[str]):
         super().__init__()

@@ -1,19 +1,10 @@
-"""Networks from nnU-Net's plans: the plans' own network, and a residual-encoder U-Net with the same stages."""
+"""Networks from nnU-Net's plans beside the plans' own one (nnUNetTrainer.build_network_architecture)."""
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 # nnU-Net's residual-encoder planners (nnUNetPlannerResEnc*): ResNet-34-like encoder blocks per stage
 RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6)
-
-
-def plans_network(configuration_manager: ConfigurationManager, num_input_channels: int, num_output_channels: int,
-                  deep_supervision: bool, architecture_kwargs: dict = None):
-    """What nnUNetTrainer.build_network_architecture builds; `architecture_kwargs` override the plans' ones."""
-    return get_network_from_plans(configuration_manager.network_arch_class_name,
-                                  {**configuration_manager.network_arch_init_kwargs, **(architecture_kwargs or {})},
-                                  configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
-                                  num_output_channels, allow_init=True, deep_supervision=deep_supervision)
 
 
 def residual_encoder_network(configuration_manager: ConfigurationManager, num_input_channels: int,

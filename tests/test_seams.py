@@ -124,7 +124,9 @@ def test_multi_head_network_gives_features_and_heads_and_mixes_full_resolution()
 def test_residual_encoder_network_matches_the_plans_outputs():
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_ssl.architectures.plans import plans_network, residual_encoder_network
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_ssl.architectures.plans import residual_encoder_network
     arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
             "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv2d",
                             "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]],
@@ -141,8 +143,10 @@ def test_residual_encoder_network_matches_the_plans_outputs():
                                        "batch_size": 2, "patch_size": [16, 16], "spacing": [1, 1],
                                        "architecture": arch}},
              "experiment_planner_used": "x", "foreground_intensity_properties_per_channel": {}}
-    cm = PlansManager(plans).get_configuration("2d")
-    plain, residual = plans_network(cm, 3, 2, True), residual_encoder_network(cm, 3, 2, True)
+    plans_manager = PlansManager(plans)
+    cm = plans_manager.get_configuration("2d")
+    plain = nnUNetTrainer.build_network_architecture(plans_manager, cm, 3, 2, True)
+    residual = residual_encoder_network(cm, 3, 2, True)
     assert type(residual).__name__ == "ResidualEncoderUNet"
     assert [len(s.blocks) for s in residual.encoder.stages] == [1, 3, 4]
     x = torch.randn(1, 3, 16, 16)
