@@ -24,12 +24,12 @@ def cmd_preprocess_unlabeled(args):
 def cmd_make_splits(args):
     import os
 
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunet_ssl.data.splits import ensure_splits, labeled_case_ids
+    from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder
 
-    name = maybe_convert_to_dataset_name(args.d)
-    raw = os.path.join(nnUNet_raw, name)
+    name = dataset_name(args.d, needs=("nnUNet_raw", "nnUNet_preprocessed"))
+    raw = os.path.join(nnunet_folder("nnUNet_raw"), name)
+    nnUNet_preprocessed = nnunet_folder("nnUNet_preprocessed")
     with open(os.path.join(raw, "dataset.json")) as f:
         dataset_json = json.load(f)
     print(ensure_splits(os.path.join(nnUNet_preprocessed, name), labeled_case_ids(raw, dataset_json)))
@@ -37,7 +37,9 @@ def cmd_make_splits(args):
 
 def cmd_set_inference_weights(args):
     from nnunet_ssl.core.checkpoints import describe_choices, model_checkpoints, set_inference_weights
+    from nnunet_ssl.utilities.inputs import dataset_name
 
+    args.d = dataset_name(args.d, needs=("nnUNet_results",))
     for f in model_checkpoints(args.d, args.c, args.tr, args.f, args.p, args.chk):
         if args.use is None:
             print(f"{f} (* = in network_weights):\n{describe_choices(f)}")
@@ -82,18 +84,18 @@ def main(argv=None):
 
     p = sub.add_parser("make-splits", help="write splits_final.json: min(5, n_labeled) folds (leave-one-out "
                                            "below 5); an existing file is checked, not replaced")
-    p.add_argument("-d", required=True)
+    p.add_argument("-d", required=True, help="dataset name or id")
     p.set_defaults(func=cmd_make_splits)
 
     p = sub.add_parser("set-inference-weights", help="list the inference choices of a model's checkpoints (teacher, "
                                                      "student, network a/b, ensemble, ...) or pick the one "
                                                      "nnUNetv2_predict uses")
-    p.add_argument("-d", required=True)
-    p.add_argument("-c", required=True)
-    p.add_argument("-tr", required=True)
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("-tr", required=True, help="trainer class of the model")
     p.add_argument("-f", nargs="+", default=None, help="folds (default: every fold_* of the model folder)")
-    p.add_argument("-p", default="nnUNetPlans")
-    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default: checkpoint_final.pth)")
     p.add_argument("--use", default=None, help="the inference choice to put into network_weights; without it the "
                                                "choices are listed")
     p.set_defaults(func=cmd_set_inference_weights)
@@ -110,10 +112,10 @@ def main(argv=None):
 
     p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs Mean Teacher table")
     p.add_argument("--out", default="nnunet_ssl_demo", help="folder for raw/preprocessed/results")
-    p.add_argument("--dim", type=int, choices=[2, 3], default=2)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--dim", type=int, choices=[2, 3], default=2, help="2D PNG or 3D NIfTI task (default: 2)")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs per trainer")
     p.add_argument("--iters", type=int, default=25, help="iterations per epoch")
-    p.add_argument("-device", "--device", default="cpu")
+    p.add_argument("-device", "--device", default="cpu", help="cpu (default), cuda or mps")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
@@ -128,9 +130,11 @@ def _with_clean_errors(run):
     from nnunet_ssl.data.splits import SplitError
     from nnunet_ssl.dataset_conversion.core import ConversionError
     from nnunet_ssl.evaluation.benchmark import BenchmarkError
+    from nnunet_ssl.utilities.inputs import UserError
     try:
         run()
-    except (UnlabeledPoolError, SplitError, ConversionError, BenchmarkError, SelfTrainError, CheckpointError) as e:
+    except (UserError, UnlabeledPoolError, SplitError, ConversionError, BenchmarkError, SelfTrainError,
+            CheckpointError) as e:
         print(f"nnunet_ssl: error: {e}", file=sys.stderr)
         sys.exit(2)
 

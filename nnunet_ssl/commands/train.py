@@ -36,18 +36,31 @@ def time_training_phases(trainer) -> list:
 
 def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int, iterations: int,
           val_iterations: int = None, plans: str = "nnUNetPlans", device: str = "cpu", continue_training=False,
-          validate: bool = True, stats_json: str = None) -> float:
+          validate: bool = True, stats_json: str = None, save_every: int = None, overwrite: bool = False) -> float:
     """Train and validate; returns the wall time of training in seconds. `stats_json` receives the wall time,
     seconds per iteration (median over the timed epochs, the first one left out as warm-up when there are
-    more) and the peak GPU memory."""
+    more) and the peak GPU memory. `save_every`: write checkpoint_latest.pth every this many epochs (nnU-Net:
+    50). A fold folder that holds a checkpoint is continued (`continue_training`) or, only with `overwrite`,
+    trained again from scratch; otherwise this refuses, so that no trained model is replaced by accident."""
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
+    from nnunet_ssl.utilities.inputs import UserError, dataset_name, nnunet_folder, trainer_class
 
-    ensure_ext_trainer_env()
+    nnunet_folder("nnUNet_results")
+    dataset = dataset_name(dataset)
+    trainer_class(trainer_name)
+    fold_folder = get_output_folder(dataset, trainer_name, plans, configuration, fold)
+    existing = [f for f in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                if os.path.isfile(os.path.join(fold_folder, f))]
+    if existing and not (continue_training or overwrite):
+        raise UserError(f"{fold_folder} holds {existing[0]}: continue it with --c, or train it again from scratch "
+                        f"(replacing it) with --overwrite")
     if fold != "all":
         fold = int(fold)
     trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, plans, device=torch.device(device))
+    if save_every:
+        trainer.save_every = save_every
     trainer.num_epochs = epochs
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = val_iterations or max(1, iterations // 5)
@@ -75,19 +88,24 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
 def main(argv=None):
     p = argparse.ArgumentParser(prog="nnunet_ssl train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset")
-    p.add_argument("configuration")
-    p.add_argument("fold")
-    p.add_argument("-tr", "--trainer", default="nnUNetTrainer")
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("dataset", help="dataset name or id")
+    p.add_argument("configuration", help="configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("fold", help="fold (0, 1, ... or all)")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="trainer class (default: nnUNetTrainer)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("--epochs", type=int, required=True, help="epochs")
     p.add_argument("--iters", type=int, required=True, help="iterations per epoch")
-    p.add_argument("--val-iters", type=int, default=None)
-    p.add_argument("-device", "--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch (default: iters // 5)")
+    p.add_argument("-device", "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cpu or mps (default: cuda if available)")
     p.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="train from scratch even if the fold folder holds a "
+                                                            "checkpoint (it is replaced)")
+    p.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pth every N epochs "
+                                                                "(nnU-Net: 50), so that --c after a crash loses less")
     p.add_argument("--no-val", action="store_true", help="skip the final validation")
     p.add_argument("--stats-json", default=None, help="write wall time, s/iteration and peak GPU memory here")
     a = p.parse_args(argv)
     seconds = train(a.dataset, a.configuration, a.fold, a.trainer, a.epochs, a.iters, a.val_iters, a.plans,
-                    a.device, a.c, not a.no_val, a.stats_json)
+                    a.device, a.c, not a.no_val, a.stats_json, a.save_every, a.overwrite)
     print(f"Training took {seconds:.1f} s")

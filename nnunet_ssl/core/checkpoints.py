@@ -7,6 +7,7 @@ a set of weights plus, for multi-output networks (nnunet_ssl.architectures.multi
 `forward` returns (head 1, network a, the ensemble of both, ...). `inference_weights` names the choice that
 `network_weights` holds; `nnunet_ssl set-inference-weights` lists and switches them.
 """
+import glob
 import os
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -59,10 +60,25 @@ def choices_entry(choices: Dict[str, InferenceChoice]) -> dict:
 
 
 def write_checkpoint(checkpoint: dict, filename: str) -> None:
-    """torch.save through a temporary file and a rename: a crash (or kill -9) never leaves a half-written file."""
+    """torch.save through a temporary file and a rename: a crash (or kill -9) never leaves a half-written file.
+    Temporary files that killed processes left next to it are removed (a checkpoint's worth of disk each)."""
     tmp = f"{filename}.{os.getpid()}.tmp"
     torch.save(checkpoint, tmp)
     os.replace(tmp, filename)
+    for stale in glob.glob(glob.escape(filename) + ".*.tmp"):
+        pid = stale[len(filename) + 1:-len(".tmp")]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            os.remove(stale)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
 
 
 def set_inference_weights(checkpoint_file: str, use: str) -> str:

@@ -40,11 +40,13 @@ from nnunet_ssl.core.checkpoints import InferenceChoice, choices_entry, compose_
 from nnunet_ssl.core.phases import Phase, PhasePolyLR, check_phase_starts, phase_starts
 from nnunet_ssl.core.teachers import EMATeacher
 from nnunet_ssl.data.pool import check_pool, preprocessed_pool_folder
+from nnunet_ssl.utilities.inputs import UserError
 
 # Optional training-length overrides for smoke tests and benchmarks run through the stock CLI
-# (nnU-Net's own default is 1000 epochs x 250 iterations). They are written to the training log.
+# (nnU-Net's own default is 1000 epochs x 250 iterations), and how often checkpoint_latest.pth is written
+# (nnU-Net: every 50 epochs; --c after a crash resumes from the last one). They are written to the training log.
 BUDGET_ENV = {"nnUNet_ssl_epochs": "num_epochs", "nnUNet_ssl_iters": "num_iterations_per_epoch",
-              "nnUNet_ssl_val_iters": "num_val_iterations_per_epoch"}
+              "nnUNet_ssl_val_iters": "num_val_iterations_per_epoch", "nnUNet_ssl_save_every": "save_every"}
 
 
 def apply_budget_from_env(trainer: nnUNetTrainer) -> Dict[str, int]:
@@ -57,6 +59,10 @@ def apply_budget_from_env(trainer: nnUNetTrainer) -> Dict[str, int]:
             setattr(trainer, attr, value)
             applied[attr] = value
     return applied
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite: training stops before such weights reach a checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -383,6 +389,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         outputs = collate_outputs(train_outputs)
+        self.stop_on_non_finite_loss(outputs)
         parts = []
         for key in self.ssl_log_keys:
             values = np.asarray(outputs[key], dtype=np.float64)
@@ -395,6 +402,26 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             parts.append(f"{key} {value:.4f}")
         if parts:
             self.print_to_log_file(", ".join(parts))
+
+    def stop_on_non_finite_loss(self, outputs: dict) -> None:
+        """nnU-Net trains on after a NaN loss, and a semi-supervised step whose pool or targets went wrong ends in
+        NaN weights that validate at Dice 0 and exit 0. Stop instead, at the end of the epoch (before validation
+        and before this epoch's checkpoint): the epoch's mean loss, gathered over DDP ranks by nnU-Net, so that
+        every rank stops together."""
+        if np.isfinite(self.logger.local_logger.my_fantastic_logging["train_losses"][-1]):
+            return
+        terms = {key: np.asarray(outputs[key], dtype=np.float64).reshape(len(outputs[key]), -1)
+                 for key in ("loss",) + tuple(self.ssl_log_keys) if key in outputs}
+        first = min((int(np.argmax(~np.isfinite(v).all(1))) for v in terms.values() if not np.isfinite(v).all()),
+                    default=None)
+        bad = [key for key, v in terms.items() if first is not None and not np.isfinite(v[first]).all()]
+        where = f"first at iteration {first} of the epoch, in {', '.join(bad)}" if bad else "on another DDP rank"
+        raise NonFiniteLossError(
+            f"{self.__class__.__name__}: the training loss became non-finite in epoch {self.current_epoch} ({where}). "
+            f"Stopped before validating or checkpointing these weights; {self.output_folder}/checkpoint_latest.pth, "
+            f"if present, holds the last checkpoint before. Usual causes: NaN or infinite voxels in an image "
+            f"(nnUNetv2_plan_and_preprocess --verify_dataset_integrity and nnunet_ssl preprocess-unlabeled check "
+            f"them), a too high learning rate or loss weight, or fp16 overflow under AMP.")
 
     # ------------------------------------------------------------------ inference seam
     def weight_sets(self) -> Dict[str, dict]:
