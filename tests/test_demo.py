@@ -14,3 +14,7 @@ def test_demo_runs_and_prints_the_comparison_table(tmp_path, nnunet_env):
     assert f"Everything is in {out}" in r.stdout
     assert len(list((out / "predictions" / "nnUNetTrainerMeanTeacher").glob("*.png"))) == 10
     assert (out / "demo_results.md").read_text().count("| nnUNetTrainer") == 2
+
+    # a second demo into the same folder keeps the first one's models and results
+    r = nnunet_ssl_cli("demo", "--out", out, "--epochs", "1", "--iters", "2", check=False)
+    assert r.returncode == 2 and "holds an earlier demo" in r.stderr and "--overwrite" in r.stderr

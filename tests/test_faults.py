@@ -81,7 +81,8 @@ def test_kill_9_after_a_checkpoint_then_continue_restores_everything(dataset_2d,
     assert trainer.grad_scaler.get_scale() == 1234.0
     os.remove(os.path.join(str(folder), "scaler_check.pth"))
 
-    run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", MT, "-device", "cpu", "--c", env={"nnUNet_ssl_epochs": "4"})
+    r = run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", MT, "-device", "cpu", "--c", env={"nnUNet_ssl_epochs": "4"})
+    assert f"Epoch {epoch}" in r.stdout and "Epoch 0" not in r.stdout
     final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 4
     for key in ("train_losses", "consistency_loss"):
@@ -121,3 +122,52 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(dataset_2d, nnunet_e
                                                  r"epoch, in loss, consistency_loss\)"):
         trainer.run_training()
     assert not glob.glob(os.path.join(trainer.output_folder, "checkpoint_*.pth"))
+
+
+def test_checkpoint_is_written_once_with_the_teacher(dataset_2d, nnunet_env, tmp_path, monkeypatch):
+    """One torch.save per checkpoint (nnU-Net's save and then a re-save with the teacher left, after a kill
+    between the two, a file that --c refused); that one file already holds the teacher."""
+    import nnunet_ssl.core.checkpoints as checkpoints
+    from test_mean_teacher import make_trainer
+
+    trainer = make_trainer(MT)
+    trainer.initialize()
+    saves = []
+    real_save = torch.save
+    monkeypatch.setattr(checkpoints.torch, "save", lambda obj, f: (saves.append(f), real_save(obj, f)))
+    trainer.save_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
+    assert len(saves) == 1
+    written = torch.load(tmp_path / "checkpoint_latest.pth", weights_only=False)
+    _tensors_equal(written["ssl_weights"]["teacher"], trainer.teacher.state_dict(), "teacher")
+
+
+def test_set_inference_weights_defaults_to_the_folds_present(nnunet_env, monkeypatch, tmp_path):
+    """The project writes 4 folds for 4 labeled cases; the default was folds 0-4 and ended in a traceback."""
+    from nnunet_ssl.core.checkpoints import CheckpointError, model_checkpoints
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    model = tmp_path / "Dataset801_T2D" / f"{MT}__nnUNetPlans__2d"
+    for fold in range(4):
+        (model / f"fold_{fold}").mkdir(parents=True)
+        (model / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"")
+    assert [os.path.basename(os.path.dirname(f)) for f in model_checkpoints("Dataset801_T2D", "2d", MT)] == \
+        [f"fold_{f}" for f in range(4)]
+    with pytest.raises(CheckpointError, match="fold_4"):
+        model_checkpoints("Dataset801_T2D", "2d", MT, folds=["4"])
+
+
+def test_self_training_sgrs_snapshots_hold_what_labels_the_pool(dataset_2d, nnunet_env):
+    """With inference_weights = "student" the pool is pseudo-labelled by the student, so the stability snapshots
+    hold the student too (they held the teacher)."""
+    from test_mean_teacher import make_trainer
+
+    trainer = make_trainer("nnUNetTrainerSelfTrainingSGRS")
+    trainer.inference_weights = "student"
+    trainer.initialize()
+    with torch.no_grad():  # a student far from its teacher
+        for p in trainer.network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    _tensors_equal(dict(trainer.pseudo_labeller_state()), student, "snapshot")
+    with trainer.pseudo_labeller():
+        _tensors_equal(trainer.network.state_dict(), student, "pseudo-labeller")

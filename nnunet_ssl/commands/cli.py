@@ -51,7 +51,7 @@ def cmd_set_inference_weights(args):
 def cmd_demo(args):
     from nnunet_ssl.commands.demo import run_demo
 
-    run_demo(args.out, args.epochs, args.iters, args.device, args.dim)
+    run_demo(args.out, args.epochs, args.iters, args.device, args.dim, args.overwrite)
 
 
 # Subcommands with their own argument parsers: everything after the name is passed on unparsed.
@@ -116,6 +116,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=8, help="training epochs per trainer")
     p.add_argument("--iters", type=int, default=25, help="iterations per epoch")
     p.add_argument("-device", "--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

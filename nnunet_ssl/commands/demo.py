@@ -27,18 +27,40 @@ def _run(cmd, log, **env):
         sys.exit(f"command failed (exit {result.returncode}): {' '.join(cmd)}\nsee {log}")
 
 
+# what the demo writes into its --out folder (--overwrite removes these, and only these)
+DEMO_OUTPUTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "demo_results.md",
+                "demo_log.txt")
+
+
 def demo_environment(out: str) -> dict:
-    from nnunet_ssl.utilities.paths import trainers_folder
+    from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
     env = {"nnUNet_raw": os.path.join(out, "nnUNet_raw"),
            "nnUNet_preprocessed": os.path.join(out, "nnUNet_preprocessed"),
-           "nnUNet_results": os.path.join(out, "nnUNet_results"),
-           "nnUNet_extTrainer": trainers_folder()}
+           "nnUNet_results": os.path.join(out, "nnUNet_results")}
     for k, v in env.items():
         os.environ[k] = v
+    ensure_ext_trainer_env()  # added to the user's own nnUNet_extTrainer folders, if any
     for k, v in {"nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "1"}.items():
         os.environ.setdefault(k, v)
     return env
+
+
+def claim_output_folder(out: str, overwrite: bool) -> None:
+    """The demo trains from scratch into `out`: an earlier demo's models and results there are kept unless the
+    user asks for them to be replaced."""
+    import shutil
+
+    from nnunet_ssl.utilities.inputs import UserError
+
+    earlier = [name for name in DEMO_OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise UserError(f"{out} holds an earlier demo ({', '.join(earlier)}): use another --out, or --overwrite to "
+                        f"replace it")
+    for name in earlier:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(out, exist_ok=True)
 
 
 def dice_summary(summary_file: str) -> dict:
@@ -50,7 +72,8 @@ def dice_summary(summary_file: str) -> dict:
             "failed": int(np.sum(np.array(per_case) < 0.8)), "n": len(per_case)}
 
 
-def run_demo(out: str = "nnunet_ssl_demo", epochs: int = 8, iters: int = 25, device: str = "cpu", dim: int = 2):
+def run_demo(out: str = "nnunet_ssl_demo", epochs: int = 8, iters: int = 25, device: str = "cpu", dim: int = 2,
+             overwrite: bool = False):
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
@@ -58,7 +81,7 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = 8, iters: int = 25, dev
     from nnunet_ssl.data.pool import preprocess_unlabeled
 
     out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
+    claim_output_folder(out, overwrite)
     env = demo_environment(out)
     log = os.path.join(out, "demo_log.txt")
     configuration = "2d" if dim == 2 else "3d_fullres"
