@@ -188,7 +188,14 @@ def test_plans_that_preprocess_alike_share_the_pool(small_3d, nnunet_env):
     resenc["configurations"]["3d_fullres"]["batch_size"] += 1
     resenc["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_stages"] -= 1
     assert check_pool(pool, resenc, "3d_fullres", name, "nnUNetResEncUNetMPlans") == 2
-    resenc["configurations"]["3d_fullres"]["normalization_schemes"] = ["RescaleTo01Normalization"]
+    changes = [("normalization_schemes", ["RescaleTo01Normalization"]), ("use_mask_for_norm", [True]),
+               ("spacing", [1.5, 1.0, 0.5]), ("resampling_fn_data_kwargs", {"is_seg": False, "order": 1})]
+    for key, value in changes:
+        changed = json.loads(json.dumps(resenc))
+        changed["configurations"]["3d_fullres"][key] = value
+        with pytest.raises(UnlabeledPoolError, match="other plans"):
+            check_pool(pool, changed, "3d_fullres", name, "nnUNetResEncUNetMPlans")
+    resenc["foreground_intensity_properties_per_channel"]["0"]["mean"] += 1  # CT normalisation uses it
     with pytest.raises(UnlabeledPoolError, match="other plans"):
         check_pool(pool, resenc, "3d_fullres", name, "nnUNetResEncUNetMPlans")
 
