@@ -18,6 +18,8 @@ def _host() -> str:
 
 
 def _process_exists(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: assume alive (never removed)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -27,28 +29,21 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def stale_temp_folders(parent: str, name: str) -> List[str]:
-    """The temporary folders (and `.old` folders of an interrupted replace) for target `name` in `parent` whose
-    owning process on this host no longer exists."""
+def remove_stale_temp_folders(target: str) -> List[str]:
+    """Delete what killed runs for `target` left behind: its temporary folders (and `.old` folders of an
+    interrupted replace) whose owning process on this host no longer exists. Returns what was removed."""
+    parent, name = os.path.split(os.path.abspath(target))
     if not os.path.isdir(parent):
         return []
     pattern = re.compile(rf"\.{re.escape(name)}\.partial-[0-9a-f]{{8}}-pid(\d+)-([A-Za-z0-9_-]+)(\.old)?")
-    stale = []
+    removed = []
     for entry in sorted(os.listdir(parent)):
         match = pattern.fullmatch(entry)
         if match and match.group(2) == _host() and int(match.group(1)) != os.getpid() \
                 and not _process_exists(int(match.group(1))):
-            stale.append(os.path.join(parent, entry))
-    return stale
-
-
-def remove_stale_temp_folders(target: str) -> List[str]:
-    """Delete what killed runs for `target` left behind (see the module docstring); returns what was removed."""
-    target = os.path.abspath(target)
-    stale = stale_temp_folders(os.path.dirname(target), os.path.basename(target))
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(os.path.join(parent, entry))
+    return removed
 
 
 def new_temp_folder(parent: str, name: str) -> str:
