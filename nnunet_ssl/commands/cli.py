@@ -76,7 +76,8 @@ def main(argv=None):
 
     p = sub.add_parser("preprocess-unlabeled", help="preprocess imagesUnlabeled/ with the dataset's plans")
     p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], help="configurations (default: 2d 3d_fullres)")
+    p.add_argument("-c", nargs="+", default=None, help="configurations (default: those of 2d, 3d_fullres, "
+                                                       "3d_lowres that the plans have)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
     p.add_argument("-np", type=int, default=4, help="worker processes")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the pool is up to date")

@@ -1,16 +1,57 @@
 """Write a folder completely or not at all: build it in a hidden temporary folder next to the target, then
-rename it into place. A failure leaves nothing half-written behind."""
+rename it into place. A failure leaves nothing half-written behind.
+
+A run that is killed (kill -9, power loss) cannot remove its temporary folder, so the folder's name carries its
+owner, `.<target>.partial-<random>-pid<PID>-<host>`: the next run for the same target removes those whose process
+is gone (same host only; a folder of a live process, a concurrent run, is never touched)."""
 import os
+import re
 import shutil
+import socket
 import uuid
 from contextlib import contextmanager
+from typing import List
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: assume alive (never removed)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp_folders(target: str) -> List[str]:
+    """Delete what killed runs for `target` left behind: its temporary folders (and `.old` folders of an
+    interrupted replace) whose owning process on this host no longer exists. Returns what was removed."""
+    parent, name = os.path.split(os.path.abspath(target))
+    if not os.path.isdir(parent):
+        return []
+    pattern = re.compile(rf"\.{re.escape(name)}\.partial-[0-9a-f]{{8}}-pid(\d+)-([A-Za-z0-9_-]+)(\.old)?")
+    removed = []
+    for entry in sorted(os.listdir(parent)):
+        match = pattern.fullmatch(entry)
+        if match and match.group(2) == _host() and int(match.group(1)) != os.getpid() \
+                and not _process_exists(int(match.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(os.path.join(parent, entry))
+    return removed
 
 
 def new_temp_folder(parent: str, name: str) -> str:
     """Hidden (so nnU-Net's `Dataset*` lookup never sees it), next to the target (same file system, so the
-    final rename is atomic)."""
+    final rename is atomic), named after this process; stale ones of the same target are removed first."""
     os.makedirs(parent, exist_ok=True)
-    path = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+    remove_stale_temp_folders(os.path.join(parent, name))
+    path = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}-pid{os.getpid()}-{_host()}")
     os.makedirs(path)
     return path
 
