@@ -14,6 +14,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from nnunet_ssl.utilities.atomic import process_exists
+
 MIX_KEY = "output_mix"  # the buffer of MultiOutputNetwork
 
 
@@ -67,18 +69,8 @@ def write_checkpoint(checkpoint: dict, filename: str) -> None:
     os.replace(tmp, filename)
     for stale in glob.glob(glob.escape(filename) + ".*.tmp"):
         pid = stale[len(filename) + 1:-len(".tmp")]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_exists(int(pid)):
             os.remove(stale)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        pass
-    return True
 
 
 def set_inference_weights(checkpoint_file: str, use: str) -> str:

@@ -17,7 +17,8 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether process `pid` runs on this host (what a temporary file or folder named after its writer needs)."""
     if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: assume alive (never removed)
         return True
     try:
@@ -40,7 +41,7 @@ def remove_stale_temp_folders(target: str) -> List[str]:
     for entry in sorted(os.listdir(parent)):
         match = pattern.fullmatch(entry)
         if match and match.group(2) == _host() and int(match.group(1)) != os.getpid() \
-                and not _process_exists(int(match.group(1))):
+                and not process_exists(int(match.group(1))):
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             removed.append(os.path.join(parent, entry))
     return removed

@@ -173,12 +173,7 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
                         get_filenames_of_train_images_and_targets(self.source_raw, self.dataset_json).items()}
         if not self.labeled:
             raise SelfTrainError(f"{self.source_raw}: no labeled training cases (imagesTr/labelsTr)")
-        self.pool = find_unlabeled_cases(self.source_raw, self.dataset_json)
-        clash = sorted(set(self.pool) & set(self.labeled))
-        if clash:
-            raise SelfTrainError(f"{os.path.join(self.source_raw, 'imagesUnlabeled')}: case ids {clash[:5]} are also "
-                                 f"labeled cases (imagesTr); pseudo-labelled cases join imagesTr under their own "
-                                 f"id, so rename the unlabeled files")
+        self.pool = find_unlabeled_cases(self.source_raw, self.dataset_json)  # refuses ids of labeled cases
         self.splits_file = os.path.join(self.source_pre, SPLITS_FILE)
         self.splits = _load_json(self.splits_file) if os.path.isfile(self.splits_file) else None
         self.label_values = self._foreground_labels()
