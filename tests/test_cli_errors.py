@@ -12,6 +12,8 @@ from nnunet_ssl.commands.cli import PASS_THROUGH, main
 BAD_DATASET = [
     ["train", "999", "2d", "0", "--epochs", "1", "--iters", "1"],
     ["make-splits", "-d", "999"],
+    ["preprocess-unlabeled", "-d", "999"],
+    ["self-train", "-d", "999", "-c", "2d", "-device", "cpu"],
     ["set-inference-weights", "-d", "999", "-c", "2d", "-tr", "nnUNetTrainer"],
 ]
 BAD_TRAINER = [
@@ -20,6 +22,7 @@ BAD_TRAINER = [
 ]
 UNSET_RESULTS = [
     ["train", "801", "2d", "0", "--epochs", "1", "--iters", "1"],
+    ["self-train", "-d", "801", "-c", "2d", "-device", "cpu"],
     ["set-inference-weights", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer"],
 ]
 

@@ -191,13 +191,13 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Optional[Sequence[s
     2d, 3d_fullres, 3d_lowres the plans have). Everything is checked before anything is written.
 
     Writes into a temporary folder and moves it into place when complete; an up-to-date pool is kept."""
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
-    raw_folder = os.path.join(nnUNet_raw, dataset_name)
-    pre_base = os.path.join(nnUNet_preprocessed, dataset_name)
+    from nnunet_ssl.utilities.inputs import dataset_name as find_dataset, nnunet_folder
+
+    dataset_name = find_dataset(dataset_name_or_id, needs=("nnUNet_raw", "nnUNet_preprocessed"))
+    raw_folder = os.path.join(nnunet_folder("nnUNet_raw"), dataset_name)
+    pre_base = os.path.join(nnunet_folder("nnUNet_preprocessed"), dataset_name)
     plans_file = os.path.join(pre_base, plans_identifier + ".json")
     if not os.path.isfile(plans_file):
         raise UnlabeledPoolError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset_name_or_id} "
