@@ -99,3 +99,90 @@ def test_benchmark_adds_the_plugin_trainers_to_the_users_nnunet_exttrainer(user,
     kept = [p for p in (user or "").split(os.pathsep) if p and p != trainers_folder()]
     assert env["nnUNet_extTrainer"].split(os.pathsep) == kept + [trainers_folder()]
     assert env["nnUNet_results"] == str(tmp_path / "bench" / "nnUNet_results")
+
+
+# ---------------------------------------------------------------------- leaderboard
+def _trained_model_tree(tmp_path, monkeypatch):
+    """A raw dataset (2 labeled, 2 test cases) and a model folder with fold 0 validated (predictions = ground
+    truth) of 2 folds, test predictions of fold all, and what interrupted benchmarks leave: an empty
+    `test_predictions_fold_all.partial`, a complete `test_predictions_fold_0.partial`, a hidden
+    `.test_predictions_fold_1.partial`. Returns (results folder, model folder)."""
+    import json
+    import shutil
+
+    from nnunet_ssl.data.synthetic import write_synthetic_dataset
+
+    for var in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"nnUNet_{var}", str(tmp_path / var))
+    raw = write_synthetic_dataset(str(tmp_path / "raw"), 872, "Board", n_labeled=2, n_unlabeled=1, n_test=2, size=16)
+    pre = tmp_path / "preprocessed" / "Dataset872_Board"
+    shutil.copytree(os.path.join(raw, "labelsTr"), pre / "gt_segmentations")
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["case001"], "val": ["case000"]},
+                                                       {"train": ["case000"], "val": ["case001"]}]))
+    model = tmp_path / "results" / "Dataset872_Board" / "nnUNetTrainer__nnUNetPlans__2d"
+    (model / "fold_0" / "validation").mkdir(parents=True)
+    shutil.copy(os.path.join(raw, "labelsTr", "case000.png"), model / "fold_0" / "validation")
+    (model / "fold_0" / "validation" / "summary.json").write_text("{}")
+    for d in ("test_predictions_fold_all", "test_predictions_fold_0.partial", ".test_predictions_fold_1.partial"):
+        shutil.copytree(os.path.join(raw, "labelsTs"), model / d)
+    (model / "test_predictions_fold_all.partial").mkdir()
+    return tmp_path / "results", model
+
+
+def test_leaderboard_reads_only_finished_test_folders_and_writes_nothing_into_the_results(tmp_path, monkeypatch):
+    import csv
+
+    from nnunet_ssl.evaluation import leaderboard
+
+    results, model = _trained_model_tree(tmp_path, monkeypatch)
+    before = tree(results)
+    board = tmp_path / "board"
+    args = ["-d", "872", "-c", "2d", "-tr", "nnUNetTrainer", "-o", str(board), "-np", "1"]
+    leaderboard.main(args)
+    rows = list(csv.DictReader(open(board / "leaderboard.csv", encoding="utf-8")))
+    assert [(r["evaluation"], r["folds"], r["folds_missing"]) for r in rows] == \
+        [("cross-validation", "0", "1"), ("test (fold all)", "all", "")]
+    assert float(rows[1]["Dice_mean"]) == 1 and rows[1]["n_cases"] == "2"
+    assert tree(results) == before  # no summary_ssl.json in the model's folders
+    cached = {os.path.relpath(os.path.join(d, f), board / "summaries")
+              for d, _, files in os.walk(board / "summaries") for f in files}
+    assert cached == {os.path.join("Dataset872_Board", model.name, "fold_0", "validation", "summary_ssl.json"),
+                      os.path.join("Dataset872_Board", model.name, "test_predictions_fold_all", "summary_ssl.json")}
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(leaderboard, "evaluate_folder", no_evaluation)
+    leaderboard.main(args)  # the cache is read
+    assert list(csv.DictReader(open(board / "leaderboard.csv", encoding="utf-8"))) == rows
+
+
+# ---------------------------------------------------------------------- evaluate
+def test_evaluate_writes_only_where_asked_and_never_over_an_existing_file(tmp_path, monkeypatch):
+    import json
+
+    from nnunet_ssl.evaluation import metrics
+
+    _, model = _trained_model_tree(tmp_path, monkeypatch)
+    predictions = model / "test_predictions_fold_all"
+    reference = tmp_path / "raw" / "Dataset872_Board" / "labelsTs"
+    dataset_json = str(tmp_path / "raw" / "Dataset872_Board" / "dataset.json")
+    before = tree(predictions)
+    metrics.main([str(reference), str(predictions), "-djfile", dataset_json, "-np", "1"])
+    assert tree(predictions) == before  # no -o: printed, nothing written
+
+    users = tmp_path / "summary.json"
+    users.write_text("the user's file")
+    with pytest.raises(SystemExit) as refused:
+        metrics.main([str(reference), str(predictions), "-djfile", dataset_json, "-np", "1", "-o", str(users)])
+    assert refused.value.code == 2 and users.read_text() == "the user's file"
+    metrics.main([str(reference), str(predictions), "-djfile", dataset_json, "-np", "1", "-o", str(users),
+                  "--overwrite"])
+    assert json.loads(users.read_text())["n_cases"] == 2 and not os.path.exists(str(users) + ".tmp")
+
+
+@pytest.mark.parametrize("module", ["bench_step", "benchmark", "leaderboard", "metrics"])
+def test_every_option_has_a_help_text(module):
+    import importlib
+    parser = importlib.import_module(f"nnunet_ssl.evaluation.{module}").parser()
+    assert [a.dest for a in parser._actions if not a.help] == []
