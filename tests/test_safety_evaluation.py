@@ -186,3 +186,56 @@ def test_every_option_has_a_help_text(module):
     import importlib
     parser = importlib.import_module(f"nnunet_ssl.evaluation.{module}").parser()
     assert [a.dest for a in parser._actions if not a.help] == []
+
+
+# ---------------------------------------------------------------------- benchmark: killed, resumed (end to end)
+def test_killed_benchmark_resumes_without_retraining_and_leaves_nothing_half_written(dataset_2d, tmp_path):
+    """kill -9 of the whole benchmark while the second trainer trains; the same command again finishes it and
+    leaves the first trainer as it was. The user's nnUNet_extTrainer names only their own trainers: the plugin's
+    are added for the commands the benchmark runs."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import SEAM_TRAINERS, nnunet_ssl_cli
+    from nnunet_ssl.evaluation.benchmark import RECORD_KEYS
+
+    out = tmp_path / "bench"
+    args = ["benchmark", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerMeanTeacher",
+            "--epochs", "1", "--iters", "2", "--val-iters", "1", "-o", str(out), "-np", "1"]
+    env = {"nnUNet_extTrainer": SEAM_TRAINERS}
+    models = out / "nnUNet_results" / "Dataset801_T2D"
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen([sys.executable, "-m", "nnunet_ssl", *args], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **env}, start_new_session=True)
+        deadline = time.time() + 300
+        # nnU-Net's trainer makes its fold folder when it is built: the second training has started
+        while not (models / "nnUNetTrainerMeanTeacher__nnUNetPlans__2d" / "fold_all").is_dir():
+            assert killed.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()
+            time.sleep(0.05)
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    assert not (out / "records" / "nnUNetTrainerMeanTeacher.json").exists()
+    first = tree(models / "nnUNetTrainer__nnUNetPlans__2d"), (out / "records" / "nnUNetTrainer.json").read_bytes()
+
+    resumed = nnunet_ssl_cli(*args, env=env)
+    assert "nnUNetTrainer: done (record" in resumed.stdout and "nnUNetTrainer: training" not in resumed.stdout
+    assert "nnUNetTrainerMeanTeacher: training" in resumed.stdout
+    assert (tree(models / "nnUNetTrainer__nnUNetPlans__2d"), (out / "records" / "nnUNetTrainer.json").read_bytes()) \
+        == first
+    for trainer in ("nnUNetTrainer", "nnUNetTrainerMeanTeacher"):
+        record = json.load(open(out / "records" / f"{trainer}.json"))
+        assert tuple(record) == RECORD_KEYS and None not in (record["s_per_iter"], record["peak_rss_gb"])
+        assert record["n_test"] == 2 and record["n_labeled"] == 4 and record["n_unlabeled"] == 6
+        assert record["s_per_iter"] > 0 and record["peak_rss_gb"] > 0.1 and record["epochs"] == 1
+        assert 0 <= record["Dice_mean"] <= 1
+        assert os.path.isfile(models / f"{trainer}__nnUNetPlans__2d" / "test_predictions_fold_all" / "summary_ssl.json")
+    assert [p for p in tree(out) if p.rstrip("/").endswith(".tmp") or ".partial" in p] == []
+    table = (out / "leaderboard.md").read_text(encoding="utf-8")
+    assert "| Dataset801_T2D (4/6) | nnUNetTrainer | test (fold all) | 2 |" in table
+    assert "nnUNetTrainerMeanTeacher" in table and (out / "dice_per_case.png").exists()
+
+    other_budget = nnunet_ssl_cli(*[a if a != "2" else "3" for a in args], check=False)
+    assert other_budget.returncode == 2 and "other settings" in other_budget.stderr

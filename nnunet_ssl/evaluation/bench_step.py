@@ -111,9 +111,7 @@ def _stop_data_loaders(trainer) -> None:
 
 def bench(dataset: str, configuration: str, trainers: List[str], fold="0", iterations: int = 20,
           warmup: int = 3, blocks: int = 2, device: str = "cpu", plans: str = "nnUNetPlans") -> Dict[str, dict]:
-    """Timing only: the trainers write their plans, logs and debug files into a temporary folder that is
-    deleted afterwards, never into $nnUNet_results (a trained model there stays as it is), and no checkpoint
-    is saved."""
+    """Seconds per training iteration and compute floors; writes nothing into $nnUNet_results (module docstring)."""
     from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
     ensure_ext_trainer_env()

@@ -5,11 +5,15 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
 2. per trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x iterations, fold `all` or a
    given fold) into the benchmark's own nnUNet_results, stock `nnUNetv2_predict` on imagesTs, evaluation with
    nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per
-   iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation);
+   iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation).
+   Fold `all` skips nnU-Net's final validation (its validation cases were trained on);
 3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
 interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder.
+Killed at any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and renamed;
+predictions go to a hidden `.test_predictions_fold_<f>.partial` folder (removed by the next run, never read by
+the leaderboard), are renamed into place, and count as done only once their summary_ssl.json is written.
 
 Output folder layout (stable; the project's issues report numbers from it):
   benchmark.json                 dataset, configuration, plans, fold, budget, device
@@ -134,6 +138,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                "--stats-json", stats_file]
         if val_iterations:
             cmd += ["--val-iters", str(val_iterations)]
+        if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
+            cmd.append("--no-val")
         if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
             cmd.append("--c")
         stats = _read_json(stats_file)
