@@ -36,7 +36,7 @@ def test_bench_step_leaves_a_trained_model_and_nnunet_results_untouched(dataset_
     temp = tmp_path / "temp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    timed = bench("801", "2d", ["nnUNetTrainer"], "all", iterations=1, warmup=1, blocks=1)
+    timed = bench("801", "2d", ["nnUNetTrainer"], "all", iterations=1, warmup=1, blocks=1, floor_repeats=1)
     assert timed["nnUNetTrainer"]["s_per_iter"] > 0
     assert tree(results) == before
     assert not [d for d in os.listdir(temp) if "bench_step" in d]  # its temporary results folder is gone

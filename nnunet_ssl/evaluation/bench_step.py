@@ -110,7 +110,8 @@ def _stop_data_loaders(trainer) -> None:
 
 
 def bench(dataset: str, configuration: str, trainers: List[str], fold="0", iterations: int = 20,
-          warmup: int = 3, blocks: int = 2, device: str = "cpu", plans: str = "nnUNetPlans") -> Dict[str, dict]:
+          warmup: int = 3, blocks: int = 2, device: str = "cpu", plans: str = "nnUNetPlans",
+          floor_repeats: int = 10) -> Dict[str, dict]:
     """Seconds per training iteration and compute floors; writes nothing into $nnUNet_results (module docstring)."""
     from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
@@ -130,7 +131,7 @@ def bench(dataset: str, configuration: str, trainers: List[str], fold="0", itera
             for _ in range(blocks):
                 for name, t in built.items():
                     step_times[name] += _timed(lambda: t.train_step(next(t.dataloader_train)), per_block)
-            return {name: {"s_per_iter": float(np.median(step_times[name])), **compute_floor(t)}
+            return {name: {"s_per_iter": float(np.median(step_times[name])), **compute_floor(t, floor_repeats)}
                     for name, t in built.items()}
         finally:
             for t in built.values():
