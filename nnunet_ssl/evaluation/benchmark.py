@@ -132,18 +132,18 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         predictions = os.path.join(model, TEST_PREFIX + str(fold))
         stats_file = os.path.join(out, "logs", f"{trainer}.stats.json")
         log = os.path.join(out, "logs", f"{trainer}.train.log")
-        print(f"{trainer}: training {epochs} epochs x {iterations} iterations (log: {log})", flush=True)
-        cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
-               "-p", plans, "--epochs", str(epochs), "--iters", str(iterations), "-device", device,
-               "--stats-json", stats_file]
-        if val_iterations:
-            cmd += ["--val-iters", str(val_iterations)]
-        if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
-            cmd.append("--no-val")
-        if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
-            cmd.append("--c")
         stats = _read_json(stats_file)
         if not (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")) and "peak_rss_gb" in stats):
+            print(f"{trainer}: training {epochs} epochs x {iterations} iterations (log: {log})", flush=True)
+            cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
+                   "-p", plans, "--epochs", str(epochs), "--iters", str(iterations), "-device", device,
+                   "--stats-json", stats_file]
+            if val_iterations:
+                cmd += ["--val-iters", str(val_iterations)]
+            if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
+                cmd.append("--no-val")
+            if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
+                cmd.append("--c")
             peak_rss_gb, _ = _run(cmd, log, env)
             stats = {**_read_json(stats_file), "peak_rss_gb": peak_rss_gb}
             _write_json(stats_file, stats)
