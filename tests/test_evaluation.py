@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values, the leaderboard on a fake results folder, the benchmark runner end to end."""
+"""Metrics against hand-computed values, the leaderboard on a fake results folder."""
 import csv
 import json
 import os
@@ -112,29 +112,9 @@ def test_leaderboard_on_fake_results(tmp_path):
     assert rows[("TrainerB", "missing")]["folds_missing"].startswith("all")
     assert "missing folds 1" in r.stdout and (out / "dice_per_case.png").stat().st_size > 1000
     assert "fold_all" not in cv["folds"]  # fold all has no held-out cases: never cross-validation
-    summary = json.loads((model / "test_predictions_fold_all" / "summary_ssl.json").read_text(encoding="utf-8"))
+    summary = json.loads((out / "summaries" / ds / model.name / "test_predictions_fold_all" /
+                          "summary_ssl.json").read_text(encoding="utf-8"))
     assert list(summary["per_label"]) == ["1"] and list(summary["per_case"][1]["metrics"]) == ["1"]
 
 
-# ---------------------------------------------------------------------- benchmark runner
-def test_benchmark_runner_two_trainers_resumes_and_keeps_its_budget(dataset_2d, tmp_path):
-    out = tmp_path / "bench"
-    args = ["benchmark", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerMeanTeacher",
-            "--epochs", "1", "--iters", "2", "--val-iters", "1", "-o", out, "-np", "1"]
-    nnunet_ssl_cli(*args)
-    for trainer in ("nnUNetTrainer", "nnUNetTrainerMeanTeacher"):
-        record = json.load(open(out / "records" / f"{trainer}.json"))
-        assert record["n_test"] == 2 and record["n_labeled"] == 4 and record["n_unlabeled"] == 6
-        assert record["s_per_iter"] > 0 and record["peak_rss_gb"] > 0.1 and record["epochs"] == 1
-        assert 0 <= record["Dice_mean"] <= 1
-        assert os.path.isfile(out / "nnUNet_results" / "Dataset801_T2D" / f"{trainer}__nnUNetPlans__2d" /
-                              "test_predictions_fold_all" / "summary_ssl.json")
-    table = (out / "leaderboard.md").read_text(encoding="utf-8")
-    assert "| Dataset801_T2D (4/6) | nnUNetTrainer | test (fold all) | 2 |" in table
-    assert "nnUNetTrainerMeanTeacher" in table and (out / "dice_per_case.png").exists()
-
-    again = nnunet_ssl_cli(*args)
-    assert again.stdout.count("done (record") == 2 and "training" not in again.stdout
-
-    other_budget = nnunet_ssl_cli(*[a if a != "2" else "3" for a in args], check=False)
-    assert other_budget.returncode == 2 and "other settings" in other_budget.stderr
+# the benchmark runner end to end (killed, resumed): tests/test_safety_evaluation.py

@@ -5,8 +5,13 @@ For each trainer: build it exactly as nnUNetv2_train does, start its data loader
 of the machine hits all trainers alike. Each trainer's compute floor is measured from what it declares
 (`nnUNetTrainerSSL.step_cost`: student passes per optimized network, teacher passes including MC-dropout
 passes) with random tensors, relative to nnUNetTrainer's forward+backward on the labeled batch.
+
+Nothing is written into $nnUNet_results: the trainers' plans, logs and debug files go to a temporary folder
+that is deleted afterwards, and no checkpoint is saved (a trained model of the same trainer stays as it is).
 """
 import argparse
+import os
+import tempfile
 import time
 from typing import Dict, List
 
@@ -72,32 +77,65 @@ def compute_floor(trainer, repeats: int = 10) -> Dict[str, float]:
             "teacher_student_floor": float(np.median(_timed(floor, repeats)))}
 
 
-def bench(dataset: str, configuration: str, trainers: List[str], fold="0", iterations: int = 20,
-          warmup: int = 3, blocks: int = 2, device: str = "cpu") -> Dict[str, dict]:
+def _build_in(results: str, dataset: str, configuration: str, fold, name: str, plans: str, device: str):
+    """The trainer nnUNetv2_train builds, with every folder it writes to (output_folder_base, output_folder,
+    log_file, its logger's folder: all set, and fold_<f>/ created, in __init__) under `results` instead of
+    $nnUNet_results. A cascade's previous-stage segmentations are still read from $nnUNet_results."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
+    user_results = os.environ.get("nnUNet_results")
+    os.environ["nnUNet_results"] = results  # nnunetv2.paths reads it when the trainer is built
+    try:
+        t = get_trainer_from_args(dataset, configuration, fold, name, plans, device=torch.device(device))
+    finally:
+        if user_results is None:
+            del os.environ["nnUNet_results"]
+        else:
+            os.environ["nnUNet_results"] = user_results
+    if t.folder_with_segs_from_previous_stage is not None and user_results is not None:
+        t.folder_with_segs_from_previous_stage = os.path.join(
+            user_results, os.path.relpath(t.folder_with_segs_from_previous_stage, results))
+    return t
+
+
+def _stop_data_loaders(trainer) -> None:
+    """What nnUNetTrainer.on_train_end does to its data loaders (and nnUNetTrainerSSL's unlabeled loader), without
+    saving checkpoint_final.pth: every multi-process augmenter the trainer holds."""
+    from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+
+    for loader in list(vars(trainer).values()):
+        if isinstance(loader, (MultiThreadedAugmenter, NonDetMultiThreadedAugmenter)):
+            loader._finish()
+
+
+def bench(dataset: str, configuration: str, trainers: List[str], fold="0", iterations: int = 20,
+          warmup: int = 3, blocks: int = 2, device: str = "cpu", plans: str = "nnUNetPlans",
+          floor_repeats: int = 10) -> Dict[str, dict]:
+    """Seconds per training iteration and compute floors; writes nothing into $nnUNet_results (module docstring)."""
     from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
     ensure_ext_trainer_env()
     fold = fold if fold == "all" else int(fold)
     built = {}
-    for name in trainers:
-        t = get_trainer_from_args(dataset, configuration, fold, name, "nnUNetPlans", device=torch.device(device))
-        t.on_train_start()
-        t.network.train()
-        for _ in range(warmup):
-            t.train_step(next(t.dataloader_train))
-        built[name] = t
-    step_times = {name: [] for name in trainers}
-    per_block = max(1, iterations // blocks)
-    for _ in range(blocks):
-        for name, t in built.items():
-            step_times[name] += _timed(lambda: t.train_step(next(t.dataloader_train)), per_block)
-    results = {}
-    for name, t in built.items():
-        results[name] = {"s_per_iter": float(np.median(step_times[name])), **compute_floor(t)}
-        t.on_train_end()
-    return results
+    with tempfile.TemporaryDirectory(prefix="nnunet_ssl_bench_step_") as results:
+        try:
+            for name in trainers:
+                t = built[name] = _build_in(results, dataset, configuration, fold, name, plans, device)
+                t.on_train_start()
+                t.network.train()
+                for _ in range(warmup):
+                    t.train_step(next(t.dataloader_train))
+            step_times = {name: [] for name in trainers}
+            per_block = max(1, iterations // blocks)
+            for _ in range(blocks):
+                for name, t in built.items():
+                    step_times[name] += _timed(lambda: t.train_step(next(t.dataloader_train)), per_block)
+            return {name: {"s_per_iter": float(np.median(step_times[name])), **compute_floor(t, floor_repeats)}
+                    for name, t in built.items()}
+        finally:
+            for t in built.values():
+                _stop_data_loaders(t)
 
 
 def format_results(results: Dict[str, dict], reference: str) -> str:
@@ -110,18 +148,27 @@ def format_results(results: Dict[str, dict], reference: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_ssl bench-step", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", required=True)
-    p.add_argument("-c", required=True)
-    p.add_argument("-tr", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher"])
-    p.add_argument("-f", default="0")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--blocks", type=int, default=2)
-    p.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a = p.parse_args(argv)
-    results = bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device)
+    p.add_argument("-d", required=True, help="dataset name or id (planned and preprocessed)")
+    p.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("-tr", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher"],
+                   help="trainers; the first is the reference of the ratios (default: nnUNetTrainer "
+                        "nnUNetTrainerMeanTeacher)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-f", default="0", help="fold whose training cases feed the data loaders (default: 0)")
+    p.add_argument("--iters", type=int, default=20, help="timed iterations per trainer (default: 20)")
+    p.add_argument("--blocks", type=int, default=2,
+                   help="the timed iterations run in this many interleaved blocks per trainer (default: 2)")
+    p.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cpu or mps (default: cuda if available)")
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    results = bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device, plans=a.p)
     print(format_results(results, a.tr[0]))
     print("compute floor ratio: the floor each trainer declares (step_cost: student fwd+bwd passes per trained "
           "network, no-grad teacher passes) over nnUNetTrainer's fwd+bwd, random tensors")

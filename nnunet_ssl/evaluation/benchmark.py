@@ -5,11 +5,15 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
 2. per trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x iterations, fold `all` or a
    given fold) into the benchmark's own nnUNet_results, stock `nnUNetv2_predict` on imagesTs, evaluation with
    nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per
-   iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation);
+   iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation).
+   Fold `all` skips nnU-Net's final validation (its validation cases were trained on);
 3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
 interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder.
+Killed at any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and renamed;
+predictions go to a hidden `.test_predictions_fold_<f>.partial` folder (removed by the next run, never read by
+the leaderboard), are renamed into place, and count as done only once their summary_ssl.json is written.
 
 Output folder layout (stable; the project's issues report numbers from it):
   benchmark.json                 dataset, configuration, plans, fold, budget, device
@@ -40,15 +44,41 @@ def _run(cmd, log, env):
     return run_logged(cmd, log, env, BenchmarkError)
 
 
+def _read_json(path: str) -> dict:
+    """{} for a file that does not exist."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, content: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(content, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def child_env(out: str) -> dict:
+    """The environment of the commands the benchmark runs: models go to the benchmark's own nnUNet_results;
+    nnU-Net finds the user's trainer folders (nnUNet_extTrainer) and the plugin's."""
+    from nnunet_ssl.utilities.paths import with_plugin_trainers
+    return {**os.environ, "nnUNet_results": os.path.join(out, "nnUNet_results"),
+            "nnUNet_extTrainer": with_plugin_trainers(os.environ.get("nnUNet_extTrainer"))}
+
+
 def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: dict, num_processes: int) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 
     from nnunet_ssl.data.pool import preprocess_unlabeled
 
     if not os.path.isfile(os.path.join(nnUNet_preprocessed, name, plans + ".json")):
-        # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
-        _run(["nnUNetv2_plan_and_preprocess", "-d", name, "-c", configuration, "-np", str(num_processes),
-              "--verify_dataset_integrity"], log,
+        if plans != "nnUNetPlans":
+            raise BenchmarkError(f"{name} has no plans {plans}: plan it first (stock planning makes nnUNetPlans)")
+        # nnUNetv2_plan_and_preprocess -d takes integer ids; nnU-Net 2.8's planner calls
+        # torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+        _run(["nnUNetv2_plan_and_preprocess", "-d", str(convert_dataset_name_to_id(name)), "-c", configuration,
+              "-np", str(num_processes), "-npfp", str(num_processes), "--verify_dataset_integrity"], log,
              {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA") or 1)))})
     preprocess_unlabeled(name, [configuration], plans, num_processes)
 
@@ -63,7 +93,6 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
                                                    write_leaderboard)
     from nnunet_ssl.evaluation.metrics import evaluate_folder
-    from nnunet_ssl.utilities.paths import trainers_folder
 
     name = maybe_convert_to_dataset_name(dataset)
     raw = os.path.join(nnUNet_raw, name)
@@ -85,11 +114,9 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                                  f"use another output folder (-o) for another budget")
     for sub in ("records", "logs", "nnUNet_results"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
-    with open(setup_file, "w") as f:
-        json.dump(setup, f, indent=1)
+    _write_json(setup_file, setup)
 
-    env = {**os.environ, "nnUNet_results": os.path.join(out, "nnUNet_results"),
-           "nnUNet_extTrainer": os.environ.get("nnUNet_extTrainer") or trainers_folder()}
+    env = child_env(out)
     prepare_dataset(name, configuration, plans, os.path.join(out, "logs", "preprocess.log"), env, num_processes)
     with open(os.path.join(raw, "dataset.json")) as f:
         dataset_json = json.load(f)
@@ -102,39 +129,41 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
             continue
         model = os.path.join(out, "nnUNet_results", name, f"{trainer}__{plans}__{configuration}")
         fold_folder = os.path.join(model, f"fold_{fold}")
+        predictions = os.path.join(model, TEST_PREFIX + str(fold))
         stats_file = os.path.join(out, "logs", f"{trainer}.stats.json")
         log = os.path.join(out, "logs", f"{trainer}.train.log")
-        print(f"{trainer}: training {epochs} epochs x {iterations} iterations (log: {log})", flush=True)
-        cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
-               "-p", plans, "--epochs", str(epochs), "--iters", str(iterations), "-device", device,
-               "--stats-json", stats_file]
-        if val_iterations:
-            cmd += ["--val-iters", str(val_iterations)]
-        if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
-            cmd.append("--c")
-        if not (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")) and os.path.isfile(stats_file)):
+        stats = _read_json(stats_file)
+        if not (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")) and "peak_rss_gb" in stats):
+            print(f"{trainer}: training {epochs} epochs x {iterations} iterations (log: {log})", flush=True)
+            cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
+                   "-p", plans, "--epochs", str(epochs), "--iters", str(iterations), "-device", device,
+                   "--stats-json", stats_file]
+            if val_iterations:
+                cmd += ["--val-iters", str(val_iterations)]
+            if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
+                cmd.append("--no-val")
+            if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
+                cmd.append("--c")
             peak_rss_gb, _ = _run(cmd, log, env)
-            with open(stats_file) as f:
-                stats = json.load(f)
-            stats["peak_rss_gb"] = peak_rss_gb
-            with open(stats_file, "w") as f:
-                json.dump(stats, f, indent=1)
-        with open(stats_file) as f:
-            stats = json.load(f)
+            stats = {**_read_json(stats_file), "peak_rss_gb": peak_rss_gb}
+            _write_json(stats_file, stats)
+            shutil.rmtree(predictions, ignore_errors=True)  # of an older model
 
-        predictions = os.path.join(model, TEST_PREFIX + str(fold))
         if not os.path.isfile(os.path.join(predictions, "summary_ssl.json")):
             print(f"{trainer}: predicting {os.path.join(raw, 'imagesTs')}", flush=True)
-            partial = predictions + ".partial"
+            # hidden, and not named test_predictions_fold_*: the leaderboard never reads it
+            partial = os.path.join(model, "." + TEST_PREFIX + str(fold) + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             workers = ["-npp", "0", "-nps", "0"] if device == "cpu" else []
             _run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", partial, "-d", name, "-c",
                   configuration, "-f", str(fold), "-tr", trainer, "-p", plans, "-device", device,
                   "--disable_progress_bar"] + workers, os.path.join(out, "logs", f"{trainer}.predict.log"), env)
-            evaluate_folder(os.path.join(raw, "labelsTs"), partial, dataset_json,
-                            os.path.join(partial, "summary_ssl.json"), nsd_tolerance, num_processes)
             shutil.rmtree(predictions, ignore_errors=True)
             os.replace(partial, predictions)
+            # evaluated in place (the summary names these files); without its summary the folder is predicted
+            # again by the next run
+            evaluate_folder(os.path.join(raw, "labelsTs"), predictions, dataset_json,
+                            os.path.join(predictions, "summary_ssl.json"), nsd_tolerance, num_processes)
         with open(os.path.join(predictions, "summary_ssl.json")) as f:
             summary = json.load(f)
         record = {"trainer": trainer, "dataset": name, "configuration": configuration, "fold": str(fold),
@@ -144,9 +173,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                   "peak_gpu_gb": stats["peak_gpu_gb"], "summary_file": os.path.join(predictions, "summary_ssl.json"),
                   "Dice_mean": summary["foreground"]["Dice"]["mean"],
                   "Dice_median": summary["foreground"]["Dice"]["median"], "failed_cases": summary["failed_cases"]}
-        with open(record_file + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(record_file + ".tmp", record_file)
+        _write_json(record_file, record)
         print(f"{trainer}: mean Dice {record['Dice_mean']:.4f}, median {record['Dice_median']:.4f}, "
               f"{record['failed_cases']} failed, {record['s_per_iter']:.3f} s/iter", flush=True)
 
@@ -167,23 +194,28 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     return table
 
 
-def main(argv=None):
+def parser():
     import argparse
     p = argparse.ArgumentParser(prog="nnunet_ssl benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", required=True, help="dataset name or id (raw dataset with imagesUnlabeled, imagesTs, labelsTs)")
     p.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")
     p.add_argument("-tr", nargs="+", required=True, help="trainers, e.g. nnUNetTrainer nnUNetTrainerMeanTeacher")
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True, help="training epochs of every trainer")
     p.add_argument("--iters", type=int, required=True, help="training iterations per epoch")
     p.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch "
                                                                "(default: iters // 5)")
     p.add_argument("-f", default="all", help="fold (default: all)")
-    p.add_argument("-p", default="nnUNetPlans")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans; planned "
+                                                     "automatically only for nnUNetPlans)")
     p.add_argument("-o", default=None, help="output folder (default: nnunet_ssl_benchmark/<dataset>__<conf>__"
                                             "<epochs>x<iters>__fold_<f>)")
-    p.add_argument("-device", default="cpu")
+    p.add_argument("-device", default="cpu", help="cuda, cpu or mps (default: cpu)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and evaluation")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np)

@@ -4,14 +4,19 @@ For each dataset (several datasets = several label budgets of the same data) and
 - cross-validation: every fold of splits_final.json whose `fold_X/validation` nnU-Net finished, evaluated
   against the preprocessed ground truth; missing folds are listed, never silently dropped. Fold `all` has no
   held-out cases (its validation cases were trained on) and is never reported as cross-validation;
-- test: every `test_predictions_fold_*` folder in the model folder (the benchmark runner writes them, or
-  `nnUNetv2_predict -o <model folder>/test_predictions_fold_<f>`), evaluated against the raw `labelsTs`.
+- test: every `test_predictions_fold_<f>` folder (exactly that name: not an interrupted run's `*.partial*`) in the
+  model folder (the benchmark runner writes them, or `nnUNetv2_predict -o <model folder>/test_predictions_fold_<f>`),
+  evaluated against the raw `labelsTs`.
 Metrics are nnunet_ssl.evaluation.metrics (mean +- std over cases; for CV also std over fold means). Training time per
 epoch comes from the checkpoints' nnU-Net log.
+
+The results folder is only read. Evaluations are cached in the output folder (summaries/); an up-to-date
+summary_ssl.json next to the predictions (the benchmark's) is read, never written.
 """
 import csv
 import json
 import os
+import re
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -19,25 +24,54 @@ import numpy as np
 from nnunet_ssl.evaluation.metrics import FAILED_DICE, HIGHER_IS_BETTER, METRICS, evaluate_folder, summarize
 
 TEST_PREFIX = "test_predictions_fold_"
+TEST_FOLDER = re.compile(re.escape(TEST_PREFIX) + r"(\d+|all)")
 CSV_COLUMNS = (["dataset", "n_labeled", "n_unlabeled", "trainer", "evaluation", "folds", "folds_missing", "n_cases"]
                + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
                + ["Dice_fold_std", "Dice_median", "failed_cases", "epochs", "iterations_per_epoch", "s_per_epoch",
                   "s_per_iter", "peak_rss_gb", "peak_gpu_gb"])
 
 
-def _cached_summary(reference_folder, prediction_folder, dataset_json, nsd_tolerance, num_processes) -> dict:
-    """Evaluate once; re-evaluate when predictions are newer than the summary or the tolerance changed."""
-    out = os.path.join(prediction_folder, "summary_ssl.json")
-    ending = dataset_json["file_ending"]
-    newest = max(os.path.getmtime(os.path.join(prediction_folder, f))
-                 for f in os.listdir(prediction_folder) if f.endswith(ending))
-    if os.path.isfile(out) and os.path.getmtime(out) >= newest:
-        with open(out) as f:
-            summary = json.load(f)
-        if summary["nsd_tolerance_mm"] == nsd_tolerance:
-            return summary
-    return evaluate_folder(reference_folder, prediction_folder, dataset_json, out, nsd_tolerance, num_processes,
-                           cases_from_predictions=True)
+def finished_test_folders(model_folder: str) -> List[str]:
+    """The finished test prediction folders of a model folder: exactly `test_predictions_fold_<fold>` (never an
+    interrupted run's `*.partial*` folder)."""
+    if not os.path.isdir(model_folder):
+        return []
+    return sorted(d for d in os.listdir(model_folder) if TEST_FOLDER.fullmatch(d)
+                  and os.path.isdir(os.path.join(model_folder, d)))
+
+
+def _summary_of(summary_file: str, prediction_folder: str, cases: List[str], newest: float,
+                nsd_tolerance: float):
+    """The summary in `summary_file` if it is one of exactly these prediction files (same paths), newer than all
+    of them, at this NSD tolerance; else None."""
+    if not os.path.isfile(summary_file) or os.path.getmtime(summary_file) < newest:
+        return None
+    with open(summary_file) as f:
+        summary = json.load(f)
+    predicted = [os.path.abspath(c["prediction_file"]) for c in summary.get("per_case", [])]
+    if summary.get("nsd_tolerance_mm") == nsd_tolerance and \
+            sorted(predicted) == [os.path.abspath(os.path.join(prediction_folder, c)) for c in cases]:
+        return summary
+    return None
+
+
+def _cached_summary(reference_folder, prediction_folder, dataset_json, nsd_tolerance, num_processes,
+                    cache_file: str = None) -> dict:
+    """Evaluate once. A summary is reused while it holds exactly the folder's prediction files, is newer than all
+    of them and has the NSD tolerance asked for: the leaderboard's own `cache_file` or the summary_ssl.json that
+    the benchmark (or `nnunet_ssl evaluate -o`) wrote next to the predictions. Only `cache_file` is ever written:
+    the prediction folder is not the leaderboard's. Without `cache_file` nothing is written."""
+    cases = sorted(f for f in os.listdir(prediction_folder) if f.endswith(dataset_json["file_ending"]))
+    if cases:  # (no predictions: evaluate_folder says so)
+        newest = max(os.path.getmtime(os.path.join(prediction_folder, f)) for f in cases)
+        for candidate in filter(None, (cache_file, os.path.join(prediction_folder, "summary_ssl.json"))):
+            summary = _summary_of(candidate, prediction_folder, cases, newest, nsd_tolerance)
+            if summary is not None:
+                return summary
+    if cache_file:
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+    return evaluate_folder(reference_folder, prediction_folder, dataset_json, cache_file, nsd_tolerance,
+                           num_processes, cases_from_predictions=True)
 
 
 def training_time(model_folder: str, folds: Sequence[str]) -> dict:
@@ -83,8 +117,9 @@ def dataset_counts(dataset_name: str) -> Dict[str, int]:
 
 def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             results_folder: str = None, nsd_tolerance: float = 1.0, num_processes: int = 2,
-            extra: Dict[str, dict] = None) -> List[dict]:
-    """Leaderboard rows (cross-validation and test) of one dataset; `extra[trainer]` is merged into its rows."""
+            extra: Dict[str, dict] = None, cache_folder: str = None) -> List[dict]:
+    """Leaderboard rows (cross-validation and test) of one dataset; `extra[trainer]` is merged into its rows.
+    Reads the results folder, never writes into it; evaluations are cached under `cache_folder` (if given)."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -95,6 +130,12 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     splits_file = os.path.join(nnUNet_preprocessed, name, "splits_final.json")
     n_folds = len(json.load(open(splits_file))) if os.path.isfile(splits_file) else 5
     base = {"dataset": name, **dataset_counts(name)}
+
+    def summary_of(reference_folder, model, sub):
+        cache = os.path.join(cache_folder, name, os.path.basename(model), sub, "summary_ssl.json") \
+            if cache_folder else None
+        return _cached_summary(reference_folder, os.path.join(model, sub), dj, nsd_tolerance, num_processes, cache)
+
     rows = []
     for trainer in trainers:
         model = os.path.join(results_folder, name, f"{trainer}__{plans}__{configuration}")
@@ -103,9 +144,8 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                 if os.path.isfile(os.path.join(model, f"fold_{f}", "validation", "summary.json"))]
         missing = [str(f) for f in range(n_folds) if str(f) not in done]
         if done:
-            summaries = [_cached_summary(os.path.join(nnUNet_preprocessed, name, "gt_segmentations"),
-                                         os.path.join(model, f"fold_{f}", "validation"), dj, nsd_tolerance,
-                                         num_processes) for f in done]
+            summaries = [summary_of(os.path.join(nnUNet_preprocessed, name, "gt_segmentations"),
+                                    model, os.path.join(f"fold_{f}", "validation")) for f in done]
             pooled = summarize([c for s in summaries for c in s["per_case"]])
             pooled.update(n_cases=sum(s["n_cases"] for s in summaries))
             fold_dice = [s["foreground"]["Dice"]["mean"] for s in summaries]
@@ -114,12 +154,9 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                                  Dice_fold_std=float(np.std(fold_dice))))
         elif os.path.isdir(model):
             rows.append({**info, "evaluation": "cross-validation", "folds": "", "folds_missing": " ".join(missing)})
-        test_folders = sorted(d for d in os.listdir(model) if d.startswith(TEST_PREFIX)) \
-            if os.path.isdir(model) else []
-        for d in test_folders:
+        for d in finished_test_folders(model):
             fold = d[len(TEST_PREFIX):]
-            summary = _cached_summary(os.path.join(nnUNet_raw, name, "labelsTs"), os.path.join(model, d), dj,
-                                      nsd_tolerance, num_processes)
+            summary = summary_of(os.path.join(nnUNet_raw, name, "labelsTs"), model, d)
             rows.append(make_row(summary, **info, **training_time(model, [fold]), evaluation=f"test (fold {fold})",
                                  folds=fold, folds_missing=""))
         if not os.path.isdir(model):
@@ -184,6 +221,13 @@ def _atomic_write(path, text):
     os.replace(path + ".tmp", path)
 
 
+def _save_figure(fig, path):
+    import matplotlib.pyplot as plt
+    fig.savefig(path + ".tmp", dpi=120, format="png")
+    plt.close(fig)
+    os.replace(path + ".tmp", path)
+
+
 def _plot_per_case(rows, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -200,8 +244,7 @@ def _plot_per_case(rows, path):
     ax.set_xticks(range(1, len(rows) + 1), labels, fontsize=7)
     ax.set_ylabel("Dice per case (mean over foreground labels)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
 
 
@@ -219,25 +262,31 @@ def _plot_vs_labeled(rows, path):
     ax.set_ylabel("mean Dice")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
 
 
-def main(argv=None):
+def parser():
     import argparse
     p = argparse.ArgumentParser(prog="nnunet_ssl leaderboard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", nargs="+", required=True, help="dataset(s); several = label budgets of the same data")
     p.add_argument("-c", required=True, help="configuration")
     p.add_argument("-tr", nargs="+", required=True, help="trainers")
-    p.add_argument("-p", default="nnUNetPlans")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("--results", default=None, help="results folder (default: $nnUNet_results)")
-    p.add_argument("-o", default="nnunet_ssl_leaderboard", help="output folder")
+    p.add_argument("-o", default="nnunet_ssl_leaderboard",
+                   help="output folder: the tables, plots and, in summaries/, the cached evaluations "
+                        "(default: nnunet_ssl_leaderboard)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm")
-    p.add_argument("-np", type=int, default=2)
-    a = p.parse_args(argv)
-    rows = [r for d in a.d for r in collect(d, a.c, a.tr, a.p, a.results, a.nsd_tolerance, a.np)]
+    p.add_argument("-np", type=int, default=2, help="processes for the evaluation (default: 2)")
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    cache = os.path.join(a.o, "summaries")
+    rows = [r for d in a.d for r in collect(d, a.c, a.tr, a.p, a.results, a.nsd_tolerance, a.np, cache_folder=cache)]
     files = write_leaderboard(rows, a.o, f"Leaderboard: {', '.join(a.d)} {a.c}")
     print(markdown_table(rows))
     print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))

@@ -161,21 +161,29 @@ def _case_job(job):
     return case_metrics(*job)
 
 
-def main(argv=None):
+def parser():
     import argparse
     p = argparse.ArgumentParser(prog="nnunet_ssl evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("reference_folder")
-    p.add_argument("prediction_folder")
+    p.add_argument("reference_folder", help="ground-truth segmentations (e.g. labelsTs)")
+    p.add_argument("prediction_folder", help="predictions of the same names (every reference must be predicted)")
     p.add_argument("-djfile", required=True, help="dataset.json (labels, file ending)")
-    p.add_argument("-o", default=None, help="summary JSON (default: <prediction_folder>/summary_ssl.json)")
+    p.add_argument("-o", default=None, help="write the summary JSON (per case, per label, means) to this file; "
+                                            "default: print only, nothing is written")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file (default: refuse)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
-    p.add_argument("-np", type=int, default=2)
+    p.add_argument("-np", type=int, default=2, help="processes (default: 2)")
+    return p
+
+
+def main(argv=None):
+    p = parser()
     a = p.parse_args(argv)
-    out = a.o or os.path.join(a.prediction_folder, "summary_ssl.json")
-    s = evaluate_folder(a.reference_folder, a.prediction_folder, a.djfile, out, a.nsd_tolerance, a.np)
+    if a.o and os.path.exists(a.o) and not a.overwrite:
+        p.error(f"{a.o} exists; pass --overwrite to replace it, or another -o")
+    s = evaluate_folder(a.reference_folder, a.prediction_folder, a.djfile, a.o, a.nsd_tolerance, a.np)
     fg = s["foreground"]
     print(f"{s['n_cases']} cases, mean over foreground labels:")
     for m in METRICS:
         print(f"  {m:9s} mean {fg[m]['mean']:.4f} +- {fg[m]['std']:.4f}  median {fg[m]['median']:.4f}")
-    print(f"  cases with Dice < {FAILED_DICE}: {s['failed_cases']}\nwritten: {out}")
+    print(f"  cases with Dice < {FAILED_DICE}: {s['failed_cases']}" + (f"\nwritten: {a.o}" if a.o else ""))
