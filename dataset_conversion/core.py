@@ -27,8 +27,10 @@ Every problem with a source file raises `ConversionError` naming the file and wh
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from nnunet_ssl.utilities.inputs import UserError
 
-class ConversionError(RuntimeError):
+
+class ConversionError(UserError):
     """A source file, list or argument the converter cannot use; the message names it and what is wrong."""
 
 

@@ -19,6 +19,10 @@ BAD_DATASET = [
 BAD_TRAINER = [
     (["train", "801", "2d", "0", "-tr", "nnUNetTrainerMeanTeachr", "--epochs", "1", "--iters", "1"],
      "did you mean nnUNetTrainerMeanTeacher"),
+    (["benchmark", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerSGSR", "--epochs", "1", "--iters",
+      "1"], "did you mean nnUNetTrainerSGRS"),
+    (["bench-step", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerMeanteacher"],
+     "did you mean nnUNetTrainerMeanTeacher"),
 ]
 UNSET_RESULTS = [
     ["train", "801", "2d", "0", "--epochs", "1", "--iters", "1"],

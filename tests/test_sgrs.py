@@ -122,4 +122,6 @@ def test_cli_train_predict_leaderboard_2d(dataset_2d, nnunet_env, tmp_path):
     r = nnunet_ssl_cli("leaderboard", "-d", "801", "-c", "2d", "-tr", SGRS, "-o", board, "-np", "1")
     row = next(line for line in r.stdout.splitlines() if SGRS in line)
     assert "cross-validation, missing folds 1 2 3 | 1 |" in row
-    assert os.path.isfile(os.path.join(folder, "validation", "summary_ssl.json"))
+    assert not os.path.exists(os.path.join(folder, "validation", "summary_ssl.json"))  # nothing written there
+    assert os.path.isfile(board / "summaries" / "Dataset801_T2D" / f"{SGRS}__nnUNetPlans__2d" / "fold_0" /
+                          "validation" / "summary_ssl.json")

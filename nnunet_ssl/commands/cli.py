@@ -125,18 +125,12 @@ def main(argv=None):
 
 
 def _with_clean_errors(run):
-    """Expected user errors (bad input) end with their message and exit code 2, not a traceback."""
-    from nnunet_ssl.commands.self_train import SelfTrainError
-    from nnunet_ssl.core.checkpoints import CheckpointError
-    from nnunet_ssl.data.pool import UnlabeledPoolError
-    from nnunet_ssl.data.splits import SplitError
-    from nnunet_ssl.dataset_conversion.core import ConversionError
-    from nnunet_ssl.evaluation.benchmark import BenchmarkError
+    """Expected user errors (bad input or set-up, nnunet_ssl.utilities.inputs.UserError and its subclasses) end
+    with their message and exit code 2, not a traceback."""
     from nnunet_ssl.utilities.inputs import UserError
     try:
         run()
-    except (UserError, UnlabeledPoolError, SplitError, ConversionError, BenchmarkError, SelfTrainError,
-            CheckpointError) as e:
+    except UserError as e:
         print(f"nnunet_ssl: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -15,11 +15,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from nnunet_ssl.utilities.atomic import process_exists
+from nnunet_ssl.utilities.inputs import UserError
 
 MIX_KEY = "output_mix"  # the buffer of MultiOutputNetwork
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A model folder or checkpoint that cannot serve the request; the message names the file."""
 
 

@@ -19,12 +19,13 @@ from typing import Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from nnunet_ssl.utilities.atomic import atomic_folder, remove_stale_temp_folders
+from nnunet_ssl.utilities.inputs import UserError
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
 POOL_MANIFEST = "pool.json"
 
 
-class UnlabeledPoolError(RuntimeError):
+class UnlabeledPoolError(UserError):
     """Bad or missing unlabeled pool; the message names the file or folder and the fix."""
 
 

@@ -9,11 +9,13 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from nnunet_ssl.utilities.inputs import UserError
+
 SPLITS_FILE = "splits_final.json"
 NNUNET_SPLIT_SEED = 12345  # nnUNetTrainer.do_split's seed
 
 
-class SplitError(RuntimeError):
+class SplitError(UserError):
     pass
 
 

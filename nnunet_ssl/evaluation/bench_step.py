@@ -113,9 +113,11 @@ def bench(dataset: str, configuration: str, trainers: List[str], fold="0", itera
           warmup: int = 3, blocks: int = 2, device: str = "cpu", plans: str = "nnUNetPlans",
           floor_repeats: int = 10) -> Dict[str, dict]:
     """Seconds per training iteration and compute floors; writes nothing into $nnUNet_results (module docstring)."""
-    from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
+    from nnunet_ssl.utilities.inputs import dataset_name, trainer_class
 
-    ensure_ext_trainer_env()
+    dataset = dataset_name(dataset)
+    for name in trainers:
+        trainer_class(name)  # also adds the plugin's trainers to nnUNet_extTrainer
     fold = fold if fold == "all" else int(fold)
     built = {}
     with tempfile.TemporaryDirectory(prefix="nnunet_ssl_bench_step_") as results:

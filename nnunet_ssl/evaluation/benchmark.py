@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 
+from nnunet_ssl.utilities.inputs import UserError
 from nnunet_ssl.utilities.runner import run_logged
 
 RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterations_per_epoch", "device",
@@ -35,7 +36,7 @@ RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterati
                "summary_file", "Dice_mean", "Dice_median", "failed_cases")
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(UserError):
     pass
 
 
@@ -87,15 +88,15 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                   out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
                   nsd_tolerance: float = 1.0, num_processes: int = 2) -> str:
     """Run (or resume) the benchmark; returns the leaderboard Markdown."""
-    from nnunetv2.paths import nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
                                                    write_leaderboard)
     from nnunet_ssl.evaluation.metrics import evaluate_folder
+    from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder, trainer_class
 
-    name = maybe_convert_to_dataset_name(dataset)
-    raw = os.path.join(nnUNet_raw, name)
+    name = dataset_name(dataset, needs=("nnUNet_raw",))
+    raw = os.path.join(nnunet_folder("nnUNet_raw"), name)
+    for trainer in trainers:  # a misspelled name fails now, not after the trainers before it have trained
+        trainer_class(trainer)
     for sub in ("imagesTs", "labelsTs", "imagesUnlabeled"):
         if not os.path.isdir(os.path.join(raw, sub)):
             raise BenchmarkError(f"{os.path.join(raw, sub)} does not exist: the benchmark needs a test set "
@@ -144,6 +145,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                 cmd.append("--no-val")
             if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
                 cmd.append("--c")
+            elif os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
+                cmd.append("--overwrite")  # this benchmark's own model, killed before its timing was written
             peak_rss_gb, _ = _run(cmd, log, env)
             stats = {**_read_json(stats_file), "peak_rss_gb": peak_rss_gb}
             _write_json(stats_file, stats)

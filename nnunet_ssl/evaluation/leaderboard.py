@@ -120,11 +120,11 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
             extra: Dict[str, dict] = None, cache_folder: str = None) -> List[dict]:
     """Leaderboard rows (cross-validation and test) of one dataset; `extra[trainer]` is merged into its rows.
     Reads the results folder, never writes into it; evaluations are cached under `cache_folder` (if given)."""
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder
 
-    name = maybe_convert_to_dataset_name(dataset)
-    results_folder = results_folder or nnUNet_results
+    name = dataset_name(dataset, needs=("nnUNet_raw", "nnUNet_preprocessed"))
+    nnUNet_raw, nnUNet_preprocessed = nnunet_folder("nnUNet_raw"), nnunet_folder("nnUNet_preprocessed")
+    results_folder = results_folder or nnunet_folder("nnUNet_results")
     with open(os.path.join(nnUNet_raw, name, "dataset.json")) as f:
         dj = json.load(f)
     splits_file = os.path.join(nnUNet_preprocessed, name, "splits_final.json")

@@ -5,8 +5,10 @@ import json
 import multiprocessing
 import os
 
+from nnunet_ssl.utilities.inputs import UserError
 
-class SelfTrainError(RuntimeError):
+
+class SelfTrainError(UserError):
     """Bad input or state for `nnunet_ssl self-train`; the message names the file or folder and the fix."""
 
 
