@@ -29,9 +29,13 @@ def dataset_name(dataset_name_or_id, needs: Sequence[str] = ("nnUNet_preprocesse
     roots = {variable: nnunet_folder(variable) for variable in needs}
     try:
         name = maybe_convert_to_dataset_name(str(dataset_name_or_id))
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"dataset {dataset_name_or_id!r}: {str(e).splitlines()[0]} (looked in "
-                        f"{', '.join(f'{k}={v}' for k, v in roots.items())})") from None
+    except ValueError:
+        raise UserError(f"dataset {dataset_name_or_id!r}: neither an id (e.g. 501) nor a name DatasetXXX_Name") from None
+    except RuntimeError as e:  # no folder with that id, or several
+        what = "several datasets have" if "More than one" in str(e) else "no dataset has"
+        looked = ", ".join(f"{k}={os.environ.get(k)}" for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+        raise UserError(f"dataset {dataset_name_or_id}: {what} the id {dataset_name_or_id} (Dataset"
+                        f"{int(dataset_name_or_id):03d}_*; looked in {looked})") from None
     for variable, root in roots.items():
         if not os.path.isdir(os.path.join(root, name)):
             what = "planned and preprocessed (nnUNetv2_plan_and_preprocess)" if variable == "nnUNet_preprocessed" \
