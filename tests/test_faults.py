@@ -93,17 +93,19 @@ def test_kill_9_after_a_checkpoint_then_continue_restores_everything(dataset_2d,
 
 def test_stale_checkpoint_temp_files_of_killed_writers_are_removed(tmp_path):
     from nnunet_ssl.core.checkpoints import write_checkpoint
+    from nnunet_ssl.utilities.atomic import host_name
 
     target = str(tmp_path / "checkpoint_latest.pth")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = f"{target}.{dead.pid}.tmp"
-    live = f"{target}.{os.getppid()}.tmp"  # a live process (pytest's parent) may be writing this one
-    for f in (stale, live):
+    stale = f"{target}.pid{dead.pid}-{host_name()}.tmp"
+    live = f"{target}.pid{os.getppid()}-{host_name()}.tmp"  # a live process (pytest's parent) may be writing it
+    other_host = f"{target}.pid{dead.pid}-another-host.tmp"  # a process id means nothing on another host
+    for f in (stale, live, other_host):
         open(f, "w").write("half a checkpoint")
     write_checkpoint({"x": torch.ones(1)}, target)
     assert torch.load(target)["x"].item() == 1
-    assert not os.path.exists(stale) and os.path.exists(live)
+    assert not os.path.exists(stale) and os.path.exists(live) and os.path.exists(other_host)
 
 
 def test_non_finite_loss_stops_training_before_a_checkpoint(dataset_2d, nnunet_env, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from nnunet_ssl.utilities.atomic import process_exists
+from nnunet_ssl.utilities.atomic import host_name, process_exists
 from nnunet_ssl.utilities.inputs import UserError
 
 MIX_KEY = "output_mix"  # the buffer of MultiOutputNetwork
@@ -65,11 +65,11 @@ def choices_entry(choices: Dict[str, InferenceChoice]) -> dict:
 def write_checkpoint(checkpoint: dict, filename: str) -> None:
     """torch.save through a temporary file and a rename: a crash (or kill -9) never leaves a half-written file.
     Temporary files that killed processes left next to it are removed (a checkpoint's worth of disk each)."""
-    tmp = f"{filename}.{os.getpid()}.tmp"
+    tmp = f"{filename}.pid{os.getpid()}-{host_name()}.tmp"
     torch.save(checkpoint, tmp)
     os.replace(tmp, filename)
-    for stale in glob.glob(glob.escape(filename) + ".*.tmp"):
-        pid = stale[len(filename) + 1:-len(".tmp")]
+    for stale in glob.glob(glob.escape(filename) + f".pid*-{host_name()}.tmp"):
+        pid = stale[len(filename) + len(".pid"):-len(f"-{host_name()}.tmp")]
         if pid.isdigit() and not process_exists(int(pid)):
             os.remove(stale)
 

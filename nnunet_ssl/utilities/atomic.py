@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from typing import List
 
 
-def _host() -> str:
+def host_name() -> str:
+    """This machine's name as temporary files and folders carry it (a process id means something on its host only)."""
     return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
 
 
@@ -40,7 +41,7 @@ def remove_stale_temp_folders(target: str) -> List[str]:
     removed = []
     for entry in sorted(os.listdir(parent)):
         match = pattern.fullmatch(entry)
-        if match and match.group(2) == _host() and int(match.group(1)) != os.getpid() \
+        if match and match.group(2) == host_name() and int(match.group(1)) != os.getpid() \
                 and not process_exists(int(match.group(1))):
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             removed.append(os.path.join(parent, entry))
@@ -52,7 +53,7 @@ def new_temp_folder(parent: str, name: str) -> str:
     final rename is atomic), named after this process; stale ones of the same target are removed first."""
     os.makedirs(parent, exist_ok=True)
     remove_stale_temp_folders(os.path.join(parent, name))
-    path = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}-pid{os.getpid()}-{_host()}")
+    path = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}-pid{os.getpid()}-{host_name()}")
     os.makedirs(path)
     return path
 
