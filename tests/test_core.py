@@ -1,6 +1,8 @@
 """Unit tests of the shared SSL mechanics: ramp-up, EMA teacher, consistency loss."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -91,3 +93,18 @@ def test_consistency_value_is_mean_squared_difference():
     a = torch.tensor([[0.2, 0.8], [1.0, 0.0]])
     b = torch.tensor([[0.0, 1.0], [0.5, 0.5]])
     assert consistency_mse(a, b).item() == pytest.approx((0.04 + 0.04 + 0.25 + 0.25) / 4)
+
+
+def test_ssl_progress_plot_has_a_panel_for_losses_and_one_for_weights(tmp_path):
+    from PIL import Image
+
+    from nnunet_ssl.core.progress import plot_ssl_progress
+
+    logged = {"sup_loss": [0.9, 0.6, 0.4], "consistency_loss": [0.01, 0.03, 0.02], "consistency_weight": [0.0, 0.3, 1.0]}
+    out = tmp_path / "progress_ssl.png"
+    plot_ssl_progress(logged, ["sup_loss", "consistency_loss"], ["consistency_weight"], str(out), "nnUNetTrainerX")
+    two = np.asarray(Image.open(out).convert("L"), dtype=float)
+    plot_ssl_progress(logged, ["sup_loss", "consistency_loss"], [], str(out))
+    one = np.asarray(Image.open(out).convert("L"), dtype=float)
+    assert two.shape[0] > 1.8 * one.shape[0] and two.std() > 10  # two panels, and drawn on
+    assert not list(tmp_path.glob("*.tmp.png"))

@@ -101,6 +101,7 @@ def test_cli_train_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
     assert "Final validation with the teacher weights" in log
     assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+    assert os.path.getsize(os.path.join(folder, "progress_ssl.png")) > 5000  # the SSL keys' curves
 
     # --c after a kill -9: tests/test_faults.py
     out = tmp_path / "pred"

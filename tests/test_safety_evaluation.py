@@ -236,6 +236,7 @@ def test_killed_benchmark_resumes_without_retraining_and_leaves_nothing_half_wri
     table = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "| Dataset801_T2D (4/6) | nnUNetTrainer | test (fold all) | 2 |" in table
     assert "nnUNetTrainerMeanTeacher" in table and (out / "dice_per_case.png").exists()
+    assert (out / "overlays.png").stat().st_size > 5000
 
     other_budget = nnunet_ssl_cli(*[a if a != "2" else "3" for a in args], check=False)
     assert other_budget.returncode == 2 and "other settings" in other_budget.stderr

@@ -58,6 +58,7 @@ def cmd_demo(args):
 PASS_THROUGH = {"train": "nnunet_ssl.commands.train", "bench-step": "nnunet_ssl.evaluation.bench_step",
                 "convert": "nnunet_ssl.dataset_conversion.cli", "evaluate": "nnunet_ssl.evaluation.metrics",
                 "leaderboard": "nnunet_ssl.evaluation.leaderboard", "benchmark": "nnunet_ssl.evaluation.benchmark",
+                "overlay": "nnunet_ssl.evaluation.overlay",
                 "self-train": "nnunet_ssl.commands.self_train"}
 
 
@@ -107,6 +108,8 @@ def main(argv=None):
                        ("evaluate", "Dice, Jaccard, HD95, ASSD (mm and voxels), NSD of a prediction folder"),
                        ("leaderboard", "trainers x metrics over CV folds and test sets: Markdown, CSV, plots"),
                        ("benchmark", "train, predict, evaluate several trainers with one budget (resumable)"),
+                       ("overlay", "contact sheet PNG of test cases: image, ground truth, each trainer's prediction, "
+                                   "worst cases first"),
                        ("self-train", "self-training rounds with stock nnU-Net: train, predict the pool (in parts), "
                                       "build a dataset with pseudo labels, train again (resumable)")):
         sub.add_parser(name, help=text + f" (nnunet_ssl {name} -h)")

@@ -38,6 +38,7 @@ from nnunet_ssl.architectures.multi_output import MultiOutputNetwork
 from nnunet_ssl.components.ramps import gaussian_rampup
 from nnunet_ssl.core.checkpoints import InferenceChoice, choices_entry, compose_weights, write_checkpoint
 from nnunet_ssl.core.phases import Phase, PhasePolyLR, check_phase_starts, phase_starts
+from nnunet_ssl.core.progress import plot_ssl_progress
 from nnunet_ssl.core.teachers import EMATeacher
 from nnunet_ssl.data.pool import check_pool, preprocessed_pool_folder
 from nnunet_ssl.utilities.inputs import UserError
@@ -402,6 +403,20 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             parts.append(f"{key} {value:.4f}")
         if parts:
             self.print_to_log_file(", ".join(parts))
+
+    def on_epoch_end(self):
+        if self.local_rank == 0 and self.ssl_log_keys:
+            self.plot_ssl_progress()
+        super().on_epoch_end()
+
+    def plot_ssl_progress(self) -> None:
+        """progress_ssl.png next to nnU-Net's progress.png: the losses (supervised and each unsupervised term) in
+        one panel, the other logged keys (ramp weights, thresholds, fractions) in another."""
+        logged = self.logger.local_logger.my_fantastic_logging
+        losses = [k for k in self.ssl_log_keys if k.endswith("loss") or k in self.unsupervised_terms]
+        others = [k for k in self.ssl_log_keys if k not in losses]
+        plot_ssl_progress({k: logged.get(k, []) for k in self.ssl_log_keys}, losses, others,
+                          join(self.output_folder, "progress_ssl.png"), self.__class__.__name__)
 
     def stop_on_non_finite_loss(self, outputs: dict) -> None:
         """nnU-Net trains on after a NaN loss, and a semi-supervised step whose pool or targets went wrong ends in

@@ -7,7 +7,8 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per
    iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation).
    Fold `all` skips nnU-Net's final validation (its validation cases were trained on);
-3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png.
+3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png, and overlays.png (image,
+   ground truth and each trainer's prediction of the test cases, the first trainer's worst first).
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
 interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder.
@@ -21,7 +22,7 @@ Output folder layout (stable; the project's issues report numbers from it):
   logs/<trainer>.{train,predict}.log
   nnUNet_results/...             the trained models (nnU-Net's layout)
   nnUNet_results/<Dataset>/<trainer>__<plans>__<conf>/test_predictions_fold_<f>/  predictions + summary_ssl.json
-  leaderboard.md, leaderboard.csv, dice_per_case.png
+  leaderboard.md, leaderboard.csv, dice_per_case.png, overlays.png
 """
 import json
 import os
@@ -91,6 +92,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
                                                    write_leaderboard)
     from nnunet_ssl.evaluation.metrics import evaluate_folder
+    from nnunet_ssl.evaluation.overlay import write_contact_sheet
     from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder, trainer_class
 
     name = dataset_name(dataset, needs=("nnUNet_raw",))
@@ -192,6 +194,11 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                              s_per_epoch=None))
     budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
     files = write_leaderboard(rows, out, f"Benchmark: {name} {configuration}, {budget}")
+    files["overlays"] = os.path.join(out, "overlays.png")  # worst cases of the first trainer first
+    write_contact_sheet(os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs"),
+                        [os.path.join(out, "nnUNet_results", name, f"{t}__{plans}__{configuration}",
+                                      TEST_PREFIX + str(fold)) for t in trainers], trainers, dataset_json,
+                        files["overlays"])
     table = markdown_table(rows)
     print(f"\n{table}\n\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
     return table
