@@ -6,12 +6,13 @@ entry points (get_trainer_from_args, maybe_load_checkpoint, run_training, perfor
 num_epochs / num_iterations_per_epoch set before the trainer is initialised (the LR schedule uses them).
 """
 import argparse
-import json
 import os
 import time
 
 import numpy as np
 import torch
+
+from nnunet_ssl.utilities.atomic import write_json
 
 
 def time_training_phases(trainer) -> list:
@@ -77,9 +78,7 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
                  "s_per_iter": float(np.median(timed)) / iterations if timed else None,
                  "device": str(trainer.device),
                  "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if trainer.device.type == "cuda" else None}
-        with open(stats_json + ".tmp", "w") as f:
-            json.dump(stats, f, indent=1)
-        os.replace(stats_json + ".tmp", stats_json)
+        write_json(stats_json, stats)
     if validate:
         trainer.perform_actual_validation(False)
     return seconds

@@ -9,6 +9,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from nnunet_ssl.utilities.atomic import write_json
 from nnunet_ssl.utilities.inputs import UserError
 
 SPLITS_FILE = "splits_final.json"
@@ -49,9 +50,6 @@ def ensure_splits(preprocessed_dataset_folder_base: str, labeled: Sequence[str],
     n_folds = min(5, len(labeled))
     splits = generate_crossval_split(labeled, seed=NNUNET_SPLIT_SEED, n_splits=n_folds)
     os.makedirs(preprocessed_dataset_folder_base, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(splits, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, splits)
     kind = "leave-one-out, " if n_folds == len(labeled) and n_folds < 5 else ""
     return f"{path}: created a {n_folds}-fold split ({kind}{len(labeled)} labeled cases)"

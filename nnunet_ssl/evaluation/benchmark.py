@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 
+from nnunet_ssl.utilities.atomic import write_json
 from nnunet_ssl.utilities.inputs import UserError
 from nnunet_ssl.utilities.runner import run_logged
 
@@ -52,12 +53,6 @@ def _read_json(path: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
-
-
-def _write_json(path: str, content: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(content, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def child_env(out: str) -> dict:
@@ -117,7 +112,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                                  f"use another output folder (-o) for another budget")
     for sub in ("records", "logs", "nnUNet_results"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
-    _write_json(setup_file, setup)
+    write_json(setup_file, setup)
 
     env = child_env(out)
     prepare_dataset(name, configuration, plans, os.path.join(out, "logs", "preprocess.log"), env, num_processes)
@@ -151,7 +146,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                 cmd.append("--overwrite")  # this benchmark's own model, killed before its timing was written
             peak_rss_gb, _ = _run(cmd, log, env)
             stats = {**_read_json(stats_file), "peak_rss_gb": peak_rss_gb}
-            _write_json(stats_file, stats)
+            write_json(stats_file, stats)
             shutil.rmtree(predictions, ignore_errors=True)  # of an older model
 
         if not os.path.isfile(os.path.join(predictions, "summary_ssl.json")):
@@ -178,7 +173,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                   "peak_gpu_gb": stats["peak_gpu_gb"], "summary_file": os.path.join(predictions, "summary_ssl.json"),
                   "Dice_mean": summary["foreground"]["Dice"]["mean"],
                   "Dice_median": summary["foreground"]["Dice"]["median"], "failed_cases": summary["failed_cases"]}
-        _write_json(record_file, record)
+        write_json(record_file, record)
         print(f"{trainer}: mean Dice {record['Dice_mean']:.4f}, median {record['Dice_median']:.4f}, "
               f"{record['failed_cases']} failed, {record['s_per_iter']:.3f} s/iter", flush=True)
 

@@ -22,6 +22,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from nnunet_ssl.evaluation.metrics import FAILED_DICE, HIGHER_IS_BETTER, METRICS, evaluate_folder, summarize
+from nnunet_ssl.utilities.atomic import write_text
 
 TEST_PREFIX = "test_predictions_fold_"
 TEST_FOLDER = re.compile(re.escape(TEST_PREFIX) + r"(\d+|all)")
@@ -199,7 +200,7 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
     note = (f"Mean ± std over cases. Dice < {FAILED_DICE}: cases whose mean foreground Dice is below {FAILED_DICE}. "
             "HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at the stated tolerance. "
             "s/iter: training iterations only (data loading included, validation excluded).")
-    _atomic_write(files["markdown"], f"# {title}\n\n{markdown_table(rows)}\n\n{note}\n")
+    write_text(files["markdown"], f"# {title}\n\n{markdown_table(rows)}\n\n{note}\n")
     tmp = files["csv"] + ".tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
@@ -213,12 +214,6 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
                 len({(r["trainer"], r["evaluation"]) for r in scored}):
             files["dice_vs_labeled"] = _plot_vs_labeled(scored, os.path.join(out_folder, "dice_vs_labeled.png"))
     return files
-
-
-def _atomic_write(path, text):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _save_figure(fig, path):

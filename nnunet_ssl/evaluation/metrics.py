@@ -23,6 +23,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from nnunet_ssl.utilities.atomic import write_json
+
 METRICS = ("Dice", "Jaccard", "HD95_mm", "ASSD_mm", "NSD", "HD95_vox", "ASSD_vox")
 HIGHER_IS_BETTER = {"Dice": True, "Jaccard": True, "NSD": True, "HD95_mm": False, "ASSD_mm": False,
                     "HD95_vox": False, "ASSD_vox": False}
@@ -150,10 +152,7 @@ def evaluate_folder(reference_folder: str, prediction_folder: str, dataset_json:
     summary = {"nsd_tolerance_mm": nsd_tolerance_mm, "n_cases": len(per_case), **summarize(per_case),
                "per_case": per_case}
     if output_file:
-        tmp = output_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(tmp, output_file)
+        write_json(output_file, summary)
     return summary
 
 

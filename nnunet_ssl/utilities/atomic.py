@@ -4,6 +4,7 @@ rename it into place. A failure leaves nothing half-written behind.
 A run that is killed (kill -9, power loss) cannot remove its temporary folder, so the folder's name carries its
 owner, `.<target>.partial-<random>-pid<PID>-<host>`: the next run for the same target removes those whose process
 is gone (same host only; a folder of a live process, a concurrent run, is never touched)."""
+import json
 import os
 import re
 import shutil
@@ -46,6 +47,19 @@ def remove_stale_temp_folders(target: str) -> List[str]:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             removed.append(os.path.join(parent, entry))
     return removed
+
+
+def write_text(path: str, text: str) -> None:
+    """A file complete or not at all: a temporary file named after this process (concurrent writers never share
+    one), then a rename."""
+    tmp = f"{path}.pid{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, content) -> None:
+    write_text(path, json.dumps(content, indent=1))
 
 
 def new_temp_folder(parent: str, name: str) -> str:

@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 
+from nnunet_ssl.utilities.atomic import write_json
 from nnunet_ssl.utilities.inputs import UserError
 
 
@@ -22,10 +23,7 @@ def _write_json(path: str, content) -> bool:
             except ValueError:
                 pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # parts' jobs may write the same file at the same time
-    with open(tmp, "w") as f:
-        json.dump(content, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, content)  # parts' jobs may write the same file at the same time: one temp file each
     return True
 
 
