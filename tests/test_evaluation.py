@@ -111,6 +111,8 @@ def test_leaderboard_on_fake_results(tmp_path):
     assert float(test["HD95_vox_mean"]) == pytest.approx(np.hypot(40, 40) / 2)
     assert rows[("TrainerB", "missing")]["folds_missing"].startswith("all")
     assert "missing folds 1" in r.stdout and (out / "dice_per_case.png").stat().st_size > 1000
+    report = (out / "report.html").read_text(encoding="utf-8")  # TrainerB has no results: no paired statistics
+    assert "<td>TrainerA</td>" in report and "data:image/png;base64," in report and "Paired" not in report
     assert "fold_all" not in cv["folds"]  # fold all has no held-out cases: never cross-validation
     summary = json.loads((out / "summaries" / ds / model.name / "test_predictions_fold_all" /
                           "summary_ssl.json").read_text(encoding="utf-8"))

@@ -237,6 +237,14 @@ def test_killed_benchmark_resumes_without_retraining_and_leaves_nothing_half_wri
     assert "| Dataset801_T2D (4/6) | nnUNetTrainer | test (fold all) | 2 |" in table
     assert "nnUNetTrainerMeanTeacher" in table and (out / "dice_per_case.png").exists()
     assert (out / "overlays.png").stat().st_size > 5000
+    paired = json.load(open(out / "paired_statistics.json"))
+    assert [(p["trainer"], p["reference"], p["n_cases"]) for p in paired] == \
+        [("nnUNetTrainerMeanTeacher", "nnUNetTrainer", 2)]
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "nnunet_ssl benchmark -d Dataset801_T2D -c 2d -tr nnUNetTrainer nnUNetTrainerMeanTeacher" in report
+    assert report.count("nnUNetv2_predict") == 2  # and the killed training as well as the resumed one:
+    assert report.count("-m nnunet_ssl train Dataset801_T2D 2d all -tr nnUNetTrainerMeanTeacher") == 2
+    assert "progress.png" in report and "Paired differences to nnUNetTrainer" in resumed.stdout
 
     other_budget = nnunet_ssl_cli(*[a if a != "2" else "3" for a in args], check=False)
     assert other_budget.returncode == 2 and "other settings" in other_budget.stderr

@@ -7,8 +7,10 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per
    iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation).
    Fold `all` skips nnU-Net's final validation (its validation cases were trained on);
-3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png, and overlays.png (image,
-   ground truth and each trainer's prediction of the test cases, the first trainer's worst first).
+3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png, the paired per-case
+   differences to the reference trainer (--reference; paired_statistics.csv/.json, also in leaderboard.md),
+   overlays.png (image, ground truth and each trainer's prediction of the test cases, the reference's worst
+   first) and report.html, one self-contained page of all of it with the training curves, commands and versions.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
 interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder.
@@ -22,7 +24,7 @@ Output folder layout (stable; the project's issues report numbers from it):
   logs/<trainer>.{train,predict}.log
   nnUNet_results/...             the trained models (nnU-Net's layout)
   nnUNet_results/<Dataset>/<trainer>__<plans>__<conf>/test_predictions_fold_<f>/  predictions + summary_ssl.json
-  leaderboard.md, leaderboard.csv, dice_per_case.png, overlays.png
+  leaderboard.md, leaderboard.csv, paired_statistics.{csv,json}, dice_per_case.png, overlays.png, report.html
 """
 import json
 import os
@@ -82,18 +84,22 @@ def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: di
 
 def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, iterations: int, fold: str = "all",
                   out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
-                  nsd_tolerance: float = 1.0, num_processes: int = 2) -> str:
-    """Run (or resume) the benchmark; returns the leaderboard Markdown."""
+                  nsd_tolerance: float = 1.0, num_processes: int = 2, reference: str = None) -> str:
+    """Run (or resume) the benchmark; returns the leaderboard Markdown. `reference`: the trainer the others are
+    compared with case by case (default: nnUNetTrainer if listed, else the first)."""
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
-                                                   write_leaderboard)
+                                                   statistics_markdown, write_leaderboard)
     from nnunet_ssl.evaluation.metrics import evaluate_folder
     from nnunet_ssl.evaluation.overlay import write_contact_sheet
+    from nnunet_ssl.evaluation.statistics import default_reference, paired_statistics
     from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder, trainer_class
 
     name = dataset_name(dataset, needs=("nnUNet_raw",))
     raw = os.path.join(nnunet_folder("nnUNet_raw"), name)
     for trainer in trainers:  # a misspelled name fails now, not after the trainers before it have trained
         trainer_class(trainer)
+    if reference is not None and reference not in trainers:
+        raise BenchmarkError(f"--reference {reference} is not one of the trainers (-tr {' '.join(trainers)})")
     for sub in ("imagesTs", "labelsTs", "imagesUnlabeled"):
         if not os.path.isdir(os.path.join(raw, sub)):
             raise BenchmarkError(f"{os.path.join(raw, sub)} does not exist: the benchmark needs a test set "
@@ -186,17 +192,50 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         rows.append(make_row(summary, **{k: record[k] for k in RECORD_KEYS if k not in
                                          ("summary_file", "Dice_mean", "Dice_median", "failed_cases")},
                              evaluation=f"test (fold {fold})", folds=str(fold), folds_missing="",
-                             s_per_epoch=None))
-    budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
-    files = write_leaderboard(rows, out, f"Benchmark: {name} {configuration}, {budget}")
-    files["overlays"] = os.path.join(out, "overlays.png")  # worst cases of the first trainer first
+                             s_per_epoch=None, model_folder=os.path.join(out, "nnUNet_results", name,
+                                                                         f"{trainer}__{plans}__{configuration}")))
+    reference = reference or default_reference(list(trainers))
+    statistics = paired_statistics(rows, reference)
+    overlays = os.path.join(out, "overlays.png")  # worst cases of the reference trainer first
+    shown = [reference] + [t for t in trainers if t != reference]
     write_contact_sheet(os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs"),
                         [os.path.join(out, "nnUNet_results", name, f"{t}__{plans}__{configuration}",
-                                      TEST_PREFIX + str(fold)) for t in trainers], trainers, dataset_json,
-                        files["overlays"])
+                                      TEST_PREFIX + str(fold)) for t in shown], shown, dataset_json, overlays)
+    budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
+    command = benchmark_command(name, configuration, trainers, epochs, iterations, fold, out, val_iterations,
+                                device, plans, nsd_tolerance, num_processes, reference)
+    files = write_leaderboard(rows, out, f"Benchmark: {name} {configuration}, {budget}", statistics,
+                              {f"Overlays: test cases, worst of {reference} first": overlays},
+                              commands=[command, f"# which ran, with nnUNet_results={env['nnUNet_results']} and "
+                                                 f"nnUNet_extTrainer={env['nnUNet_extTrainer']}:"]
+                              + logged_commands(out, trainers))
+    files["overlays"] = overlays
     table = markdown_table(rows)
-    print(f"\n{table}\n\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
+    print(f"\n{table}" + (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
     return table
+
+
+def benchmark_command(dataset, configuration, trainers, epochs, iterations, fold, out, val_iterations, device,
+                      plans, nsd_tolerance, num_processes, reference) -> list:
+    """The `nnunet_ssl benchmark` command line that runs (or resumes) exactly this benchmark."""
+    cmd = ["nnunet_ssl", "benchmark", "-d", dataset, "-c", configuration, "-tr", *trainers, "--epochs", epochs,
+           "--iters", iterations] + (["--val-iters", val_iterations] if val_iterations else []) + \
+        ["-f", fold, "-p", plans, "-o", out, "-device", device, "--nsd-tolerance", nsd_tolerance,
+         "-np", num_processes, "--reference", reference]
+    return [str(c) for c in cmd]
+
+
+def logged_commands(out: str, trainers) -> list:
+    """The commands the benchmark ran, as its logs record them (`$ ...` lines: preprocessing, then each trainer's
+    training and prediction, resumed runs included)."""
+    commands = []
+    for log in ["preprocess.log"] + [f"{t}.{step}.log" for t in trainers for step in ("train", "predict")]:
+        path = os.path.join(out, "logs", log)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                commands += [line[2:].rstrip("\n") for line in f if line.startswith("$ ")]
+    return commands
 
 
 def parser():
@@ -218,9 +257,13 @@ def parser():
     p.add_argument("-device", default="cpu", help="cuda, cpu or mps (default: cpu)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and evaluation")
+    p.add_argument("--reference", default=None, help="trainer the others are compared with, case by case, and "
+                                                     "whose worst cases the overlays show first (default: "
+                                                     "nnUNetTrainer if listed, else the first)")
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
-    run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np)
+    run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np,
+                  a.reference)

@@ -14,6 +14,7 @@ The results folder is only read. Evaluations are cached in the output folder (su
 summary_ssl.json next to the predictions (the benchmark's) is read, never written.
 """
 import csv
+import io
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from nnunet_ssl.evaluation.metrics import FAILED_DICE, HIGHER_IS_BETTER, METRICS, evaluate_folder, summarize
-from nnunet_ssl.utilities.atomic import write_text
+from nnunet_ssl.utilities.atomic import write_json, write_text
 
 TEST_PREFIX = "test_predictions_fold_"
 TEST_FOLDER = re.compile(re.escape(TEST_PREFIX) + r"(\d+|all)")
@@ -95,9 +96,12 @@ def training_time(model_folder: str, folds: Sequence[str]) -> dict:
 
 
 def make_row(summary: dict, **info) -> dict:
+    """A leaderboard row of a summary (metrics.evaluate_folder's); `case_ids` (the reference file names) and
+    `case_dice` (each case's mean foreground Dice, in the same order) pair the cases of two trainers."""
     fg = summary["foreground"]
     row = {**info, "n_cases": summary["n_cases"], "Dice_median": fg["Dice"]["median"],
-           "failed_cases": summary["failed_cases"], "case_dice": summary["case_mean_dice"]}
+           "failed_cases": summary["failed_cases"], "case_dice": summary["case_mean_dice"],
+           "case_ids": [os.path.basename(c["reference_file"]) for c in summary["per_case"]]}
     for m in METRICS:
         row[f"{m}_mean"], row[f"{m}_std"] = fg[m]["mean"], fg[m]["std"]
     return row
@@ -140,15 +144,16 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     rows = []
     for trainer in trainers:
         model = os.path.join(results_folder, name, f"{trainer}__{plans}__{configuration}")
-        info = {**base, "trainer": trainer, **(extra or {}).get(trainer, {})}
+        info = {**base, "trainer": trainer, "model_folder": model, **(extra or {}).get(trainer, {})}
         done = [str(f) for f in range(n_folds)
                 if os.path.isfile(os.path.join(model, f"fold_{f}", "validation", "summary.json"))]
         missing = [str(f) for f in range(n_folds) if str(f) not in done]
         if done:
             summaries = [summary_of(os.path.join(nnUNet_preprocessed, name, "gt_segmentations"),
                                     model, os.path.join(f"fold_{f}", "validation")) for f in done]
-            pooled = summarize([c for s in summaries for c in s["per_case"]])
-            pooled.update(n_cases=sum(s["n_cases"] for s in summaries))
+            per_case = [c for s in summaries for c in s["per_case"]]
+            pooled = summarize(per_case)
+            pooled.update(n_cases=sum(s["n_cases"] for s in summaries), per_case=per_case)
             fold_dice = [s["foreground"]["Dice"]["mean"] for s in summaries]
             rows.append(make_row(pooled, **info, **training_time(model, done), evaluation="cross-validation",
                                  folds=" ".join(done), folds_missing=" ".join(missing),
@@ -171,11 +176,17 @@ def _fmt(value, digits=4):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(rows: List[dict]) -> str:
+def markdown(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def table_cells(rows: List[dict]):
+    """(header, rows of cell strings) of the leaderboard table (Markdown and report.html)."""
     header = ["dataset (labeled/unlabeled)", "trainer", "evaluation", "cases", "Dice", "Jaccard", "HD95 mm",
               "ASSD mm", "NSD", "HD95 vox", "ASSD vox", "median Dice", f"Dice < {FAILED_DICE}", "s/iter",
               "s/epoch", "peak RAM GB"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for r in rows:
         if "Dice_mean" not in r:
             cells = [f"{r['dataset']} ({r['n_labeled']}/{r['n_unlabeled']})", r["trainer"], r["evaluation"],
@@ -189,30 +200,70 @@ def markdown_table(rows: List[dict]) -> str:
                 cells.append(f"{r[m + '_mean']:.{digits}f} ± {r[m + '_std']:.{digits}f}")
             cells += [_fmt(r["Dice_median"]), str(r["failed_cases"]), _fmt(r.get("s_per_iter"), 3),
                       _fmt(r.get("s_per_epoch"), 1), _fmt(r.get("peak_rss_gb"), 2)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return header, table
 
 
-def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboard") -> Dict[str, str]:
-    """leaderboard.md, leaderboard.csv, dice_per_case.png and (several label budgets) dice_vs_labeled.png."""
+def markdown_table(rows: List[dict]) -> str:
+    return markdown(*table_cells(rows))
+
+
+LEADERBOARD_NOTE = (f"Mean ± std over cases. Dice < {FAILED_DICE}: cases whose mean foreground Dice is below "
+                    f"{FAILED_DICE}. HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at the stated "
+                    "tolerance. s/iter: training iterations only (data loading included, validation excluded).")
+
+
+def statistics_markdown(statistics: List[dict]) -> str:
+    """The paired statistics under a heading line, as a Markdown table with its note ('' without any)."""
+    from nnunet_ssl.evaluation.statistics import STATISTICS_NOTE, statistics_cells
+
+    if not statistics:
+        return ""
+    return (f"Paired differences to {statistics[0]['reference']}\n\n{markdown(*statistics_cells(statistics))}\n\n"
+            f"{STATISTICS_NOTE}")
+
+
+def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, text.getvalue())
+
+
+def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboard", statistics: List[dict] = None,
+                      figures: Dict[str, str] = None, training_curves: Dict[str, str] = None,
+                      commands: Sequence = ()) -> Dict[str, str]:
+    """Into `out_folder`: leaderboard.md (with the paired statistics), leaderboard.csv, paired_statistics.csv and
+    .json, dice_per_case.png, (several label budgets) dice_vs_labeled.png, and report.html with all of them,
+    `figures` (heading -> PNG, e.g. overlays), `training_curves` (label -> fold folder; None: those of the rows'
+    models and folds) and `commands`.
+    `statistics`: nnunet_ssl.evaluation.statistics.paired_statistics(rows) (None: computed here)."""
+    from nnunet_ssl.evaluation.report import write_report
+    from nnunet_ssl.evaluation.statistics import STAT_KEYS, paired_statistics
+
+    statistics = paired_statistics(rows) if statistics is None else statistics
     os.makedirs(out_folder, exist_ok=True)
-    files = {"markdown": os.path.join(out_folder, "leaderboard.md"), "csv": os.path.join(out_folder, "leaderboard.csv")}
-    note = (f"Mean ± std over cases. Dice < {FAILED_DICE}: cases whose mean foreground Dice is below {FAILED_DICE}. "
-            "HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at the stated tolerance. "
-            "s/iter: training iterations only (data loading included, validation excluded).")
-    write_text(files["markdown"], f"# {title}\n\n{markdown_table(rows)}\n\n{note}\n")
-    tmp = files["csv"] + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, files["csv"])
+    files = {"markdown": os.path.join(out_folder, "leaderboard.md"), "csv": os.path.join(out_folder, "leaderboard.csv"),
+             "paired_csv": os.path.join(out_folder, "paired_statistics.csv"),
+             "paired_json": os.path.join(out_folder, "paired_statistics.json")}
+    paired = f"\n\n## {statistics_markdown(statistics)}" if statistics else ""
+    write_text(files["markdown"], f"# {title}\n\n{markdown_table(rows)}\n\n{LEADERBOARD_NOTE}{paired}\n")
+    _write_csv(files["csv"], CSV_COLUMNS, rows)
+    _write_csv(files["paired_csv"], STAT_KEYS, statistics)
+    write_json(files["paired_json"], statistics)
     scored = [r for r in rows if "case_dice" in r]
+    plots = {}
     if scored:
-        files["dice_per_case"] = _plot_per_case(scored, os.path.join(out_folder, "dice_per_case.png"))
+        files["dice_per_case"] = plots["Dice per case"] = \
+            _plot_per_case(scored, os.path.join(out_folder, "dice_per_case.png"))
         if len({(r["trainer"], r["evaluation"], r["n_labeled"]) for r in scored}) > \
                 len({(r["trainer"], r["evaluation"]) for r in scored}):
-            files["dice_vs_labeled"] = _plot_vs_labeled(scored, os.path.join(out_folder, "dice_vs_labeled.png"))
+            files["dice_vs_labeled"] = plots["Mean Dice against labeled cases"] = \
+                _plot_vs_labeled(scored, os.path.join(out_folder, "dice_vs_labeled.png"))
+    curves = training_curve_folders(rows) if training_curves is None else training_curves
+    files["report"] = write_report(os.path.join(out_folder, "report.html"), title, rows, statistics,
+                                   {**plots, **(figures or {})}, curves, commands)
     return files
 
 
@@ -275,13 +326,34 @@ def parser():
                         "(default: nnunet_ssl_leaderboard)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm")
     p.add_argument("-np", type=int, default=2, help="processes for the evaluation (default: 2)")
+    p.add_argument("--reference", default=None, help="trainer the others are compared with, case by case "
+                                                     "(default: nnUNetTrainer if listed, else the first)")
     return p
 
 
+def training_curve_folders(rows: Sequence[dict]) -> Dict[str, str]:
+    """label -> fold folder of each row's model and folds (where nnU-Net's progress.png and progress_ssl.png are)."""
+    folders = {}
+    for r in rows:
+        for fold in (r.get("folds") or "").split():
+            folder = os.path.join(r.get("model_folder", ""), f"fold_{fold}")
+            if r.get("model_folder") and os.path.isdir(folder):
+                folders.setdefault(f"{r['trainer']}, {r['dataset']}, fold {fold}", folder)
+    return folders
+
+
 def main(argv=None):
+    import shlex
+    import sys
+
+    from nnunet_ssl.evaluation.statistics import paired_statistics
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = parser().parse_args(argv)
     cache = os.path.join(a.o, "summaries")
     rows = [r for d in a.d for r in collect(d, a.c, a.tr, a.p, a.results, a.nsd_tolerance, a.np, cache_folder=cache)]
-    files = write_leaderboard(rows, a.o, f"Leaderboard: {', '.join(a.d)} {a.c}")
-    print(markdown_table(rows))
+    statistics = paired_statistics(rows, a.reference)
+    files = write_leaderboard(rows, a.o, f"Leaderboard: {', '.join(a.d)} {a.c}", statistics,
+                              commands=["nnunet_ssl leaderboard " + shlex.join(argv)])
+    print(markdown_table(rows) + (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
     print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
