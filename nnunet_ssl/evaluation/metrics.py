@@ -144,11 +144,12 @@ def evaluate_folder(reference_folder: str, prediction_folder: str, dataset_json:
     rw_class = determine_reader_writer_from_dataset_json(dataset_json, os.path.join(listed, references[0]), verbose=False)
     jobs = [(os.path.join(reference_folder, f), os.path.join(prediction_folder, f), rw_class, regions,
              nsd_tolerance_mm) for f in references]
+    desc = "evaluating " + os.path.join(*os.path.normpath(os.path.abspath(prediction_folder)).split(os.sep)[-2:])
     if num_processes > 1:
         with get_context("spawn").Pool(num_processes) as pool:
-            per_case = list(tqdm(pool.imap(_case_job, jobs), total=len(jobs), desc="evaluating"))
+            per_case = list(tqdm(pool.imap(_case_job, jobs), total=len(jobs), desc=desc, unit="case"))
     else:
-        per_case = [_case_job(j) for j in tqdm(jobs, desc="evaluating")]
+        per_case = [_case_job(j) for j in tqdm(jobs, desc=desc, unit="case")]
     summary = {"nsd_tolerance_mm": nsd_tolerance_mm, "n_cases": len(per_case), **summarize(per_case),
                "per_case": per_case}
     if output_file:

@@ -50,6 +50,7 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
     from matplotlib.colors import ListedColormap
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    from tqdm import tqdm
 
     from nnunet_ssl.utilities.inputs import UserError
 
@@ -70,7 +71,7 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
         return reader.read_seg(os.path.join(folder, case + ending))[0][0]  # (Z, Y, X)
 
     scored = []
-    for case in cases:
+    for case in tqdm(cases, desc=f"ordering {os.path.basename(out_file)} by {names[0]}'s Dice", unit="case"):
         reference = seg(reference_folder, case)
         scored.append((case_dice(seg(prediction_folders[0], case), reference, labels), case))
     shown = [case for _, case in sorted(scored)[:max_cases]]
