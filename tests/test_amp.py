@@ -46,7 +46,8 @@ def test_component_outputs_are_float32_under_autocast(regions):
     torch.testing.assert_close(outputs["normalized_entropy"], normalized_entropy(reference))
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerMeanTeacher", "nnUNetTrainerSGRS"])
+# SGRS: the most float32-sensitive step (entropies, logs, Dice of probabilities); Mean Teacher's MSE is checked above
+@pytest.mark.parametrize("name", ["nnUNetTrainerSGRS"])
 def test_train_step_under_autocast_and_grad_scaler(name, dataset_2d, nnunet_env):
     """The trainer's step with CPU autocast and a grad scaler in place of CUDA's: the network runs in half
     precision, every probability and unsupervised term is float32, every loss term is scaled once, each optimizer
