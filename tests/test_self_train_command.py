@@ -183,12 +183,17 @@ def test_parts_then_full_run_then_resumed_training(nnunet_env, source):
     assert _ids(pseudo + ".partial") == POOL[0::2] and not os.path.exists(pseudo)
     assert "parts still to run: --part-id 1" in part0.stdout
     first_part = _files(pseudo + ".partial")
+    # the main run before part 1's job is done: stops, names the part and its cases, predicts nothing itself
+    early = nnunet_ssl_cli(*args, "-npp", "0", "-nps", "0", check=False)
+    assert early.returncode == 2 and "part(s) 1 are not complete" in early.stderr
+    assert ", ".join(POOL[1::2][:5]) in early.stderr and _files(pseudo + ".partial") == first_part
 
     part1 = nnunet_ssl_cli(*args, "--num-parts", "2", "--part-id", "1", "-npp", "1", "-nps", "1")
     assert _ids(pseudo) == POOL and not os.path.exists(pseudo + ".partial")  # the last part completes the folder
     assert "the pool is completely predicted" in part1.stdout
     assert not os.path.exists(os.path.join(nnunet_env["nnUNet_raw"], "Dataset871_T2DST1"))  # parts only predict
     predicted = _files(pseudo)
+    assert not os.path.exists(pseudo + ".parts.json")  # the parts' record goes with the complete folder
     for path, stamp in first_part.items():  # part 0's predictions were not redone
         if path.endswith(".png"):
             assert predicted[path.replace(pseudo + ".partial", pseudo)] == stamp
@@ -209,6 +214,42 @@ def test_parts_then_full_run_then_resumed_training(nnunet_env, source):
     commands = [line for line in log.splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and not commands[0].endswith("--c") and commands[1].endswith("--c")
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+
+
+def test_incomplete_parts_stop_the_main_run(tmp_path):
+    """Unit level, no training: after a part's job, the main run names each incomplete part and its missing
+    cases (never predicts them twice nor builds a smaller round dataset); a job with another --num-parts is
+    refused. Deleting the parts' record lets the main run predict the rest itself."""
+    from nnunet_ssl.commands.self_train.helpers import SelfTrainError
+    from nnunet_ssl.commands.self_train.pool_prediction import PoolPredictionStep
+
+    class Run(PoolPredictionStep):
+        ending, filter = ".png", "none"
+
+        def __init__(self, num_parts=None, part_id=None):
+            self.pool = {f"unl{i:04d}": [] for i in range(7)}
+            self.num_parts, self.part_id = num_parts, part_id
+
+        def _say(self, tag, message):
+            pass
+
+        def _log(self, name):
+            raise AssertionError("nothing may be predicted here")
+
+    final = str(tmp_path / "pseudo_labels")
+    os.makedirs(final + ".partial")
+    for case in ["unl0000", "unl0003", "unl0006", "unl0001"]:  # part 0 of 3 complete, part 1 half
+        open(os.path.join(final + ".partial", case + ".png"), "w").close()
+    Run(3, 0)._check_parts(1, final, final + ".partial", sorted(Run().pool), [])  # part 0's job: recorded
+    assert json.load(open(final + ".parts.json")) == {"num_parts": 3}
+    with pytest.raises(SelfTrainError, match=r"part\(s\) 1, 2 are not complete: 3 case\(s\) have no prediction "
+                                             r"in .*pseudo_labels.partial \(unl0002, unl0004, unl0005\)"):
+        Run()._predict(1, "Dataset806_T2D", final, ["all"], "predict_round_1")
+    with pytest.raises(SelfTrainError, match="predicted in 3 parts .* this job has --num-parts 2: use --num-parts 3"):
+        Run(2, 1)._predict(1, "Dataset806_T2D", final, ["all"], "predict_round_1")
+    os.remove(final + ".parts.json")
+    with pytest.raises(AssertionError, match="nothing may be predicted"):  # the main run would predict the rest
+        Run()._predict(1, "Dataset806_T2D", final, ["all"], "predict_round_1")
 
 
 # ---------------------------------------------------------------------- bad input: exit 2 and a clear message

@@ -63,6 +63,10 @@ class nnUNetTrainerSelfTraining(nnUNetTrainerSSL):
     # the final round-0 model's pseudo label); None keeps every case
     reliable_fraction = None
     stability_snapshots = 2  # taken at 1/3 and 2/3 of round 0
+    ddp_unsupported = ("its rounds pseudo-label the whole pool inside the training, in one process, while the other "
+                       "ranks would wait at DDP's next collective and time out; train it on one GPU, or use "
+                       "`nnunet_ssl self-train`, which predicts the pool in parts (--num-parts/--part-id) on "
+                       "several GPUs or machines")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -100,8 +104,6 @@ class nnUNetTrainerSelfTraining(nnUNetTrainerSSL):
 
     # ------------------------------------------------------------------ set-up
     def on_train_start(self):
-        if self.is_ddp:
-            raise RuntimeError(f"{self.__class__.__name__} supports single-GPU 2d and 3d_fullres training only")
         super().on_train_start()
         if self.dataset_class is not nnUNetDatasetBlosc2:  # the round folders join labeled cases and the pool
             raise RuntimeError(f"{self.preprocessed_dataset_folder}: not in nnU-Net's Blosc2 format; re-run "

@@ -31,6 +31,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ssl.architectures.common import full_resolution, set_deep_supervision, unwrap
 from nnunet_ssl.architectures.dropout import Dropout, insert_dropout
@@ -60,6 +61,10 @@ def apply_budget_from_env(trainer: nnUNetTrainer) -> Dict[str, int]:
             setattr(trainer, attr, value)
             applied[attr] = value
     return applied
+
+
+class DDPUnsupportedError(UserError):
+    """The trainer cannot train under DDP (nnUNetv2_train -num_gpus > 1); the message says why and what to use."""
 
 
 class NonFiniteLossError(UserError):
@@ -99,6 +104,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     # contract test checks that it trains the network it names and sends no gradient into its target's provider
     unsupervised_terms: Tuple[str, ...] = ()
     step_cost: StepCost = StepCost()
+    # why the trainer cannot run under DDP (-num_gpus > 1), None where it can: it then refuses with this reason
+    ddp_unsupported: Optional[str] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -124,6 +131,15 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                            num_output_channels, enable_deep_supervision)
         return network if cls.network_dropout is None else insert_dropout(network, cls.network_dropout)
+
+    @staticmethod
+    def ddp_wrapper(network: DDP) -> DDP:
+        """nnU-Net's DDP wrapper again, with unused-parameter detection. An unsupervised term reads only the
+        full-resolution output (or one network, or one head): in its backward the deep-supervision heads get no
+        gradient, and DDP without detection stops at the next step ("Expected to have finished reduction in the
+        prior iteration"). Parameters unused in a backward keep the gradient the other backward gave them. The
+        first wrapper's gradient hooks go with it."""
+        return DDP(network.module, device_ids=network.device_ids, find_unused_parameters=True)
 
     def fresh_network(self) -> nn.Module:
         network = self.build_network_architecture(self.plans_manager, self.configuration_manager,
@@ -189,6 +205,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         was_initialized = self.was_initialized
         super().initialize()
         if not was_initialized:
+            if self.is_ddp:
+                self.network = self.ddp_wrapper(self.network)
             self._set_output_nonlinearity(self.network)
             if list(self.optimized_modules()) == ["network"]:  # nnU-Net's optimizer, as super() built it
                 self.optimizers, self.lr_schedulers = {"network": self.optimizer}, {"network": self.lr_scheduler}
@@ -203,6 +221,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                 self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
 
     def on_train_start(self):
+        if self.is_ddp and self.ddp_unsupported:
+            raise DDPUnsupportedError(f"{self.__class__.__name__} does not train with -num_gpus > 1: "
+                                      f"{self.ddp_unsupported}")
         if self.is_cascaded:  # the pool has no previous-stage segmentations to feed the second stage
             raise RuntimeError(f"{self.__class__.__name__} does not support cascade configurations "
                                f"({self.configuration_name}); use 2d or 3d_fullres")
@@ -270,6 +291,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         phase = self.phases()[k]
         if phase.fresh_weights:  # nnU-Net's initialisation of new networks, loaded into the modules being trained
             unwrap(self.network).load_state_dict(self.fresh_network().state_dict())
+            if self.is_ddp:  # each rank drew its own initialisation, and DDP syncs gradients, never weights
+                for tensor in unwrap(self.network).state_dict().values():
+                    dist.broadcast(tensor, src=0)
             self.teacher = self.build_teacher()
         if phase.restart_optimizer:
             self.configure_network_optimizers()

@@ -1,6 +1,7 @@
 """Step 2, predict: the original dataset's imagesUnlabeled/ with nnUNetv2_predict (the ensemble of the folds, and each
 fold alone for --filter disagreement) into <folder>.partial/ with --continue_prediction, only this run's part with
---num-parts/--part-id; when every pool case has a prediction, each file is checked to read as a label map of the
+--num-parts/--part-id (once a part's job ran, the main run waits for every part instead of predicting their
+cases itself); when every pool case has a prediction, each file is checked to read as a label map of the
 dataset's labels and the folder renamed to its final name. `PoolPredictionStep` is a mixin of `SelfTraining`: its
 methods use the settings and the path helpers set up there (self.pool, self.num_parts, self.part_id,
 self.label_values, self._pseudo_folder, self._member_folder, ...). `_check_one` is the worker of the check."""
@@ -8,7 +9,9 @@ import os
 
 from nnunet_ssl.utilities.runner import run_logged
 
-from .helpers import SelfTrainError, _fold_arg, _map, _read_seg
+from .helpers import SelfTrainError, _fold_arg, _load_json, _map, _read_seg, _write_json
+
+PARTS_SUFFIX = ".parts.json"  # next to a pool prediction that part jobs (--num-parts/--part-id) are filling
 
 
 def _check_one(job):
@@ -48,6 +51,7 @@ class PoolPredictionStep:
         pool = sorted(self.pool)
         mine = pool if self.num_parts is None else pool[self.part_id::self.num_parts]
         todo = self._missing(partial, mine)
+        self._check_parts(k, final, partial, pool, todo)
         part = "" if self.num_parts is None else f" part {self.part_id} of {self.num_parts} ({len(mine)} cases)"
         if todo:
             log = self._log(log_name + ("" if self.num_parts is None else
@@ -76,6 +80,26 @@ class PoolPredictionStep:
         self._finalize(k, partial, final)
         return True
 
+    def _check_parts(self, k: int, final: str, partial: str, pool, todo) -> None:
+        """Once a part's job has run, the pool of `final` is predicted in parts (recorded in <final>.parts.json):
+        every part's job must use the same --num-parts, and the main run, rather than predict the other jobs'
+        cases a second time (or build a round dataset without them), stops and names the incomplete parts."""
+        parts_file = final + PARTS_SUFFIX
+        recorded = _load_json(parts_file)["num_parts"] if os.path.isfile(parts_file) else None
+        if self.num_parts is not None:
+            if recorded not in (None, self.num_parts):
+                raise SelfTrainError(f"round {k}: the pool is predicted in {recorded} parts ({parts_file}), this "
+                                     f"job has --num-parts {self.num_parts}: use --num-parts {recorded}")
+            _write_json(parts_file, {"num_parts": self.num_parts})
+        elif recorded is not None and todo:
+            parts = sorted({pool.index(c) % recorded for c in todo})
+            raise SelfTrainError(
+                f"round {k}: the pool is predicted in {recorded} parts ({parts_file}) and part(s) "
+                f"{', '.join(map(str, parts))} are not complete: {len(todo)} case(s) have no prediction in {partial} "
+                f"({', '.join(todo[:5])}{', ...' if len(todo) > 5 else ''}). Run (or wait for) the job of each with "
+                f"--num-parts {recorded} --part-id I, then this command again; to predict the rest in this run "
+                f"instead, delete {parts_file}")
+
     def _finalize(self, k: int, partial: str, final: str) -> None:
         """Every pool case predicted: check each file reads as a label map, then rename partial -> final."""
         pool = sorted(self.pool)
@@ -93,6 +117,8 @@ class PoolPredictionStep:
         except OSError:
             if not os.path.isdir(final):  # another part's job may have renamed it a moment ago
                 raise
+        if os.path.isfile(final + PARTS_SUFFIX):
+            os.remove(final + PARTS_SUFFIX)
         self._say(f"round {k}", f"all {len(pool)} pool cases predicted: {final}")
 
     def _predict_round(self, k: int, model: str) -> bool:
