@@ -1,20 +1,52 @@
-"""`nnunet_ssl demo` end to end with a tiny budget (the default budget is for people, not CI)."""
+"""`nnunet_ssl demo` end to end on its --quick path (the default budget is for people, not CI), and the synthetic
+task's design: the labeled cases are the clear ones, the pool and the test set span clear to faint."""
+import numpy as np
 
 from conftest import nnunet_ssl_cli
 
 
-def test_demo_runs_and_prints_the_comparison_table(tmp_path, nnunet_env):
+def test_demo_quick_writes_table_overlays_and_report(tmp_path, nnunet_env):
     out = tmp_path / "demo"
-    r = nnunet_ssl_cli("demo", "--out", out, "--epochs", "1", "--iters", "2")
+    r = nnunet_ssl_cli("demo", "--out", out, "--quick")
     table = [line for line in r.stdout.splitlines() if line.startswith("| nnUNetTrainer")]
-    assert len(table) == 2 and table[1].startswith("| nnUNetTrainerMeanTeacher |")
+    assert len(table) == 2 and table[1].startswith("| nnUNetTrainerSGRS |")
     for row in table:
         mean_dice = float(row.split("|")[2])
         assert 0.0 <= mean_dice <= 1.0
+    assert "nnUNetTrainerSGRS - nnUNetTrainer:" in r.stdout  # the paired difference
     assert f"Everything is in {out}" in r.stdout
-    assert len(list((out / "predictions" / "nnUNetTrainerMeanTeacher").glob("*.png"))) == 10
+    assert len(list((out / "predictions" / "nnUNetTrainerSGRS").glob("*.png"))) == 3
     assert (out / "demo_results.md").read_text().count("| nnUNetTrainer") == 2
+    assert (out / "results" / "overlays.png").stat().st_size > 1000
+    report = (out / "results" / "report.html").read_text()
+    assert "nnUNetTrainerSGRS" in report and report.count("data:image/png;base64,") >= 3  # overlays, Dice, curves
+    assert "nnunet_ssl demo" in report and "--quick" in report  # the command that made it
 
     # a second demo into the same folder keeps the first one's models and results
-    r = nnunet_ssl_cli("demo", "--out", out, "--epochs", "1", "--iters", "2", check=False)
+    r = nnunet_ssl_cli("demo", "--out", out, "--quick", check=False)
     assert r.returncode == 2 and "holds an earlier demo" in r.stderr and "--overwrite" in r.stderr
+
+
+def _lesion_contrast(image, seg):
+    grey = image.astype(float).mean(-1)
+    return grey[seg == 0].mean() - grey[seg > 0].mean()
+
+
+def test_labeled_cases_are_clear_and_the_pool_spans_faint_ones(tmp_path):
+    from PIL import Image
+
+    from nnunet_ssl.data.synthetic import make_case_2d, write_synthetic_dataset
+
+    rng = np.random.default_rng(0)
+    clear = [_lesion_contrast(*make_case_2d(rng, 64, 0.0)) for _ in range(8)]
+    faint = [_lesion_contrast(*make_case_2d(rng, 64, 1.0)) for _ in range(8)]
+    assert min(clear) > 2 * max(faint) > 0  # faint lesions are darker than skin, but much less
+
+    folder = write_synthetic_dataset(str(tmp_path), 991, dim=2, n_labeled=4, n_unlabeled=2, n_test=12)
+    def contrasts(sub):
+        images = sorted((tmp_path / folder / f"images{sub}").glob("*.png"))
+        return [_lesion_contrast(np.asarray(Image.open(i)),
+                                 np.asarray(Image.open(str(i).replace(f"images{sub}", f"labels{sub}")
+                                                       .replace("_0000.png", ".png")))) for i in images]
+    labeled, test = contrasts("Tr"), contrasts("Ts")
+    assert min(labeled) > np.percentile(test, 25)  # the test set holds fainter lesions than any labeled one

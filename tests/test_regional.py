@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ssl.components.regional import (PAPER_TAU, entropy_threshold_for_probability, mix_up, normalized_entropy,
-                                 regional_cross_entropy, regional_dice_loss, synergy_regions)
+                                 regional_cross_entropy, regional_dice_loss, regional_dice_loss_per_class,
+                                 synergy_regions)
 
 
 def two_class(p1):
@@ -158,6 +159,33 @@ def test_regional_dice_empty_region_and_gradient_locality():
         regional_dice_loss(probs, Y, REGION, eta).backward()
         assert torch.equal(probs.grad[..., 2:], torch.zeros(1, 2, 2))
         assert (probs.grad[..., :2] != 0).all()
+
+
+def test_per_class_regional_dice_hand_values():
+    probs = two_class(P1)
+    # region voxels as above: p = (0.2, 0.8), (0.6, 0.4); y = (0, 1), (1, 0); per class c, linear sums:
+    # c = 0: sum p y = 0.6, sum p = 0.8, sum y = 1;  c = 1: sum p y = 0.8, sum p = 1.2, sum y = 1
+    for s in (1.0, 20.0):
+        dice = [(1.2 + s) / (1.8 + s), (1.6 + s) / (2.2 + s)]
+        assert regional_dice_loss_per_class(probs, Y, REGION, s).item() == pytest.approx(1 - np.mean(dice), abs=1e-6)
+    # a second sample with an empty region counts 0 in the mean over samples and classes
+    two = regional_dice_loss_per_class(torch.cat([probs, probs]), torch.cat([Y, Y]),
+                                       torch.cat([REGION, torch.zeros_like(REGION)]), 1.0)
+    assert two.item() == pytest.approx(regional_dice_loss_per_class(probs, Y, REGION, 1.0).item() / 2, abs=1e-6)
+    # a large smoothing makes a tiny region cost about nothing (the code's s = 20 on Theta)
+    tiny = torch.zeros_like(REGION)
+    tiny[..., 0] = True
+    assert regional_dice_loss_per_class(probs, Y, tiny, 20.0).item() < 0.02 < regional_dice_loss(probs, Y, tiny).item()
+
+
+def test_per_class_regional_dice_empty_region_and_gradient_locality():
+    probs = two_class(P1).requires_grad_()
+    empty = regional_dice_loss_per_class(probs, Y, torch.zeros_like(REGION), 1.0)
+    empty.backward()
+    assert empty.item() == 0.0 and torch.equal(probs.grad, torch.zeros_like(probs))
+    probs.grad = None
+    regional_dice_loss_per_class(probs, Y, REGION, 1.0).backward()
+    assert torch.equal(probs.grad[..., 2:], torch.zeros(1, 2, 2)) and (probs.grad[..., :2] != 0).all()
 
 
 # ---------------------------------------------------------------- mix-up

@@ -32,9 +32,9 @@ def _student_grad(trainer):
 
 
 @pytest.mark.parametrize("mode,term", [("con_everywhere", "con_loss"), ("nr_everywhere", "nr_loss")])
-@pytest.mark.parametrize("low_memory", [False, True])
-def test_each_unsupervised_term_trains_student_never_teacher(dataset_2d, mode, term, low_memory):
-    trainer = _trainer(regions_mode=mode, low_memory=low_memory)
+@pytest.mark.parametrize("low_memory,dice", [(False, "joint"), (True, "joint"), (False, "per_class")])
+def test_each_unsupervised_term_trains_student_never_teacher(dataset_2d, mode, term, low_memory, dice):
+    trainer = _trainer(regions_mode=mode, low_memory=low_memory, regional_dice=dice)
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     trainer.step = lambda: None  # keep the gradients for inspection
     out = trainer.train_step(next(trainer.dataloader_train))

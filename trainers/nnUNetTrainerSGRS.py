@@ -22,7 +22,7 @@ supervision heads are trained by L_sup on real labels, as in nnUNetTrainer.
 import torch
 
 from nnunet_ssl.components.regional import (PAPER_TAU, mix_up, regional_cross_entropy, regional_dice_loss,
-                                 synergy_regions)
+                                            regional_dice_loss_per_class, synergy_regions)
 from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
 
 
@@ -34,6 +34,12 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     mix_alpha = 0.75  # Beta(alpha, alpha) of eq. 3; the paper leaves it open, the authors' code uses 0.75
     warmup_fraction = 0.4  # t_warm / total iterations (the authors' code: 6000 of 15000)
     unsupervised_weight = 1.0  # lambda after warm-up (eq. 19)
+    # The authors' code weighs the unsupervised CE by 0.5 and each regional Dice by 0.25 relative to L_sup
+    # (reference-code-notes S1), and its regional Dice is per sample and class with smoothing 1 (Omega) and 20
+    # (Theta) in numerator and denominator (S2). The defaults are the paper's equations read literally.
+    unsup_ce_weight, unsup_dice_weight = 1.0, 1.0
+    regional_dice = "joint"  # eq. 11/16: one Dice over the batch and all classes; "per_class": the authors' code
+    omega_dice_smooth = 1.0  # s on Omega for "per_class" (the code's); Theta uses dice_eta
     regions_mode = "synergy"  # ablations: "con_everywhere" (L_con on all voxels), "nr_everywhere" (L_NR on all)
     # D_U and D_M each need a graph; with low_memory they are back-propagated one after the other (regions from
     # a no-grad forward of D_M, +1 forward) so peak memory stays nnUNetTrainer's. None: on for 3D, off for 2D.
@@ -93,10 +99,21 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     def regional_losses(self, probs, pseudo_label, regions):
         """L_c^Omega (eq. 13) and L_s^Theta (eq. 17) of one prediction; Delta contributes nothing."""
         omega, theta = regions.consistent, regions.inconsistent
-        con = regional_cross_entropy(probs, pseudo_label, omega) + regional_dice_loss(probs, pseudo_label, omega)
-        nr = (regional_cross_entropy(probs, pseudo_label, theta, self.label_smoothing)
-              + regional_dice_loss(probs, pseudo_label, theta, self.dice_eta))
+        ce, dice = self.unsup_ce_weight, self.unsup_dice_weight
+        con = (ce * regional_cross_entropy(probs, pseudo_label, omega)
+               + dice * self.regional_dice_loss(probs, pseudo_label, omega, on_theta=False))
+        nr = (ce * regional_cross_entropy(probs, pseudo_label, theta, self.label_smoothing)
+              + dice * self.regional_dice_loss(probs, pseudo_label, theta, on_theta=True))
         return self.unsupervised_term("con_loss", con), self.unsupervised_term("nr_loss", nr)
+
+    def regional_dice_loss(self, probs, target, region, on_theta: bool):
+        """Eq. 11 (Omega) or eq. 16 (Theta, eta in the denominator); or the authors' per-class form."""
+        if self.regional_dice == "joint":
+            return regional_dice_loss(probs, target, region, self.dice_eta if on_theta else 0.0)
+        if self.regional_dice == "per_class":
+            return regional_dice_loss_per_class(probs, target, region,
+                                                self.dice_eta if on_theta else self.omega_dice_smooth)
+        raise ValueError(f"unknown regional_dice {self.regional_dice!r}")
 
     def regions(self, p_u, p_m):
         regions = synergy_regions(p_u, p_m, self.tau)  # eq. 7-9

@@ -51,7 +51,8 @@ def cmd_set_inference_weights(args):
 def cmd_demo(args):
     from nnunet_ssl.commands.demo import run_demo
 
-    run_demo(args.out, args.epochs, args.iters, args.device, args.dim, args.overwrite)
+    run_demo(args.out, args.epochs, args.iters, args.device, args.dim, args.overwrite, trainers=args.tr,
+             seed=args.seed, quick=args.quick)
 
 
 # Subcommands with their own argument parsers: everything after the name is passed on unparsed.
@@ -114,13 +115,19 @@ def main(argv=None):
                                       "build a dataset with pseudo labels, train again (resumable)")):
         sub.add_parser(name, help=text + f" (nnunet_ssl {name} -h)")
 
-    p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs Mean Teacher table")
+    p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs SGRS: table, overlays, "
+                                         "report.html")
     p.add_argument("--out", default="nnunet_ssl_demo", help="folder for raw/preprocessed/results")
     p.add_argument("--dim", type=int, choices=[2, 3], default=2, help="2D PNG or 3D NIfTI task (default: 2)")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs per trainer")
-    p.add_argument("--iters", type=int, default=25, help="iterations per epoch")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per trainer (default: 8)")
+    p.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: 25)")
     p.add_argument("-device", "--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    p.add_argument("-tr", nargs="+", default=None, metavar="TRAINER",
+                   help="trainers to compare (default: nnUNetTrainer and the strongest SSL trainer)")
+    p.add_argument("--seed", type=int, default=0, help="draw of the synthetic dataset (default: 0)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: a tiny dataset and 1 epoch x 2 iterations (the numbers mean nothing)")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

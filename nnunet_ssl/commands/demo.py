@@ -1,34 +1,29 @@
 """`nnunet_ssl demo`: the main job on an embedded default, no download.
 
-Writes a synthetic semi-supervised dataset (4 labeled, 40 unlabeled, 10 labeled test cases), plans and
-preprocesses it with stock nnU-Net, preprocesses the unlabeled pool, trains nnUNetTrainer and
-nnUNetTrainerMeanTeacher with the same budget (fold `all`: 4 labeled cases are too few for 5 folds),
-predicts the test set with stock nnUNetv2_predict and prints Dice per trainer.
+The synthetic task (nnunet_ssl.data.synthetic) is built so that the unlabeled images carry information the
+labeled ones lack: the 4 labeled cases show only clearly visible lesions, while the unlabeled pool and the test
+set span clear to barely visible ones. A supervised model learns the lesion's appearance from the clear cases
+only; a semi-supervised one also sees the faint appearance in the unlabeled pool, and its consistency and
+pseudo-label terms can carry the labeled cases' knowledge along that range.
+
+The demo plans and preprocesses the dataset with stock nnU-Net, preprocesses the unlabeled pool, trains each
+trainer with the same budget (fold `all`: 4 labeled cases are too few for 5 folds), predicts the test set with
+stock nnUNetv2_predict, and writes the table, the paired statistics, a contact sheet of the worst test cases and
+report.html.
 """
 import json
 import os
-import subprocess
 import sys
 import time
 
-import numpy as np
-
 DEMO_DATASET_ID = 990
-TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMeanTeacher")
-
-
-def _run(cmd, log, **env):
-    print("$ " + " ".join(cmd), flush=True)
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    if result.returncode != 0:
-        sys.exit(f"command failed (exit {result.returncode}): {' '.join(cmd)}\nsee {log}")
-
-
+# nnUNetTrainer and the strongest trainer of the README's real-data table (PH2, 4 labeled)
+TRAINERS = ("nnUNetTrainer", "nnUNetTrainerSGRS")
+DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25
+# --quick: the whole pipeline on a tiny dataset in about a minute; its numbers mean nothing
+QUICK = {"epochs": 1, "iterations": 2, "cases": {"n_unlabeled": 6, "n_test": 3}}
 # what the demo writes into its --out folder (--overwrite removes these, and only these)
-DEMO_OUTPUTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "demo_results.md",
+DEMO_OUTPUTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "results", "demo_results.md",
                 "demo_log.txt")
 
 
@@ -63,66 +58,104 @@ def claim_output_folder(out: str, overwrite: bool) -> None:
     os.makedirs(out, exist_ok=True)
 
 
-def dice_summary(summary_file: str) -> dict:
-    with open(summary_file) as f:
-        summary = json.load(f)
-    per_case = [np.nanmean([m["Dice"] for m in case["metrics"].values()]) for case in summary["metric_per_case"]]
-    return {"mean": float(summary["foreground_mean"]["Dice"]), "median": float(np.median(per_case)),
-            "per_label": {k: float(v["Dice"]) for k, v in summary["mean"].items()},
-            "failed": int(np.sum(np.array(per_case) < 0.8)), "n": len(per_case)}
+def results_table(rows, statistics, budget: str) -> str:
+    """The demo's Markdown table (mean / median test Dice, Dice per label, failed cases, training time) and one
+    line per SSL trainer with its paired difference to the reference."""
+    labels = list(rows[0]["per_label_dice"])
+    lines = [f"Test-set Dice on {rows[0]['n_cases']} held-out synthetic cases ({budget})", "",
+             "| trainer | mean Dice | median Dice | " + " | ".join(labels) + " | cases < 0.8 | train time (s) |",
+             "|---" * (len(labels) + 5) + "|"]
+    for r in rows:
+        lines.append(f"| {r['trainer']} | {r['Dice_mean']:.4f} | {r['Dice_median']:.4f} | "
+                     + " | ".join(f"{r['per_label_dice'][k]:.4f}" for k in labels)
+                     + f" | {r['failed_cases']} | {r['train_seconds']:.0f} |")
+    for s in statistics:
+        lines.append(f"\n{s['trainer']} - {s['reference']}: {100 * s['mean_difference']:+.1f} Dice points "
+                     f"(95% CI {100 * s['ci_low']:+.1f} to {100 * s['ci_high']:+.1f}, Wilcoxon p = "
+                     f"{s['wilcoxon_p']:.3f}), {s['better']} cases better and {s['worse']} worse by > 5 points, "
+                     f"{s['rescued']} failed cases rescued, {s['newly_failed']} newly failed")
+    return "\n".join(lines)
 
 
-def run_demo(out: str = "nnunet_ssl_demo", epochs: int = 8, iters: int = 25, device: str = "cpu", dim: int = 2,
-             overwrite: bool = False):
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-
-    from nnunet_ssl.data.synthetic import write_synthetic_dataset
+def run_demo(out: str = "nnunet_ssl_demo", epochs: int = None, iters: int = None, device: str = "cpu", dim: int = 2,
+             overwrite: bool = False, trainers=None, seed: int = 0, quick: bool = False) -> str:
+    """Run the demo into `out`; returns the results table."""
     from nnunet_ssl.data.pool import preprocess_unlabeled
+    from nnunet_ssl.data.synthetic import write_synthetic_dataset
+    from nnunet_ssl.evaluation.leaderboard import make_row, write_leaderboard
+    from nnunet_ssl.evaluation.metrics import evaluate_folder
+    from nnunet_ssl.evaluation.overlay import write_contact_sheet
+    from nnunet_ssl.evaluation.statistics import paired_statistics
+    from nnunet_ssl.utilities.inputs import UserError, trainer_class
+    from nnunet_ssl.utilities.runner import run_logged
 
+    trainers = list(trainers or TRAINERS)
+    for trainer in trainers:  # a misspelled name fails now, not after the trainers before it have trained
+        trainer_class(trainer)
+    epochs = epochs or (QUICK["epochs"] if quick else DEFAULT_EPOCHS)
+    iters = iters or (QUICK["iterations"] if quick else DEFAULT_ITERATIONS)
     out = os.path.abspath(out)
     claim_output_folder(out, overwrite)
     env = demo_environment(out)
     log = os.path.join(out, "demo_log.txt")
     configuration = "2d" if dim == 2 else "3d_fullres"
+    commands = []
+
+    def run(cmd, **extra_env):
+        cmd = [str(c) for c in cmd]
+        print("$ " + " ".join(cmd), flush=True)
+        commands.append(cmd)
+        return run_logged(cmd, log, {**os.environ, **extra_env}, error=UserError)
+
     t0 = time.time()
-    folder = write_synthetic_dataset(env["nnUNet_raw"], DEMO_DATASET_ID, f"SSLDemo{dim}D", dim=dim)
+    folder = write_synthetic_dataset(env["nnUNet_raw"], DEMO_DATASET_ID, f"SSLDemo{dim}D", dim=dim, seed=seed,
+                                     **(QUICK["cases"] if quick else {}))
     print(f"Synthetic dataset: {folder}")
-    _run(["nnUNetv2_plan_and_preprocess", "-d", str(DEMO_DATASET_ID), "-c", configuration, "-np", "2",
-          "--verify_dataset_integrity"], log,
-         # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
-         nnUNet_n_proc_DA=str(max(1, int(os.environ["nnUNet_n_proc_DA"]))))
+    run(["nnUNetv2_plan_and_preprocess", "-d", DEMO_DATASET_ID, "-c", configuration, "-np", "2",
+         "--verify_dataset_integrity"],
+        # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+        nnUNet_n_proc_DA=str(max(1, int(os.environ["nnUNet_n_proc_DA"]))))
     preprocess_unlabeled(DEMO_DATASET_ID, [configuration], num_processes=2)
 
     with open(os.path.join(folder, "dataset.json")) as f:
         dataset_json = json.load(f)
-    rows = []
-    for trainer in TRAINERS:
-        start = time.time()
-        _run([sys.executable, "-m", "nnunet_ssl", "train", str(DEMO_DATASET_ID), configuration, "all",
-              "-tr", trainer, "--epochs", str(epochs), "--iters", str(iters), "-device", device], log)
-        train_seconds = time.time() - start
+    label_names = {str(v): k for k, v in dataset_json["labels"].items()}
+    rows, predictions = [], []
+    for trainer in trainers:
+        _, train_seconds = run([sys.executable, "-m", "nnunet_ssl", "train", DEMO_DATASET_ID, configuration, "all",
+                                "-tr", trainer, "--epochs", epochs, "--iters", iters, "-device", device, "--no-val"])
         pred = os.path.join(out, "predictions", trainer)
-        _run(["nnUNetv2_predict", "-i", os.path.join(folder, "imagesTs"), "-o", pred, "-d", str(DEMO_DATASET_ID),
-              "-c", configuration, "-f", "all", "-tr", trainer, "-device", device, "-npp", "0", "-nps", "0",
-              "--disable_progress_bar"], log)
-        reader = determine_reader_writer_from_dataset_json(dataset_json, verbose=False)()
-        compute_metrics_on_folder(os.path.join(folder, "labelsTs"), pred, os.path.join(pred, "summary.json"),
-                                  reader, dataset_json["file_ending"], [1, 2], None, 1, chill=False)
-        rows.append((trainer, dice_summary(os.path.join(pred, "summary.json")), train_seconds))
+        run(["nnUNetv2_predict", "-i", os.path.join(folder, "imagesTs"), "-o", pred, "-d", DEMO_DATASET_ID,
+             "-c", configuration, "-f", "all", "-tr", trainer, "-device", device, "-npp", "0", "-nps", "0",
+             "--disable_progress_bar"])
+        summary = evaluate_folder(os.path.join(folder, "labelsTs"), pred, dataset_json,
+                                  os.path.join(pred, "summary_ssl.json"), num_processes=1)
+        model = os.path.join(env["nnUNet_results"], os.path.basename(folder), f"{trainer}__nnUNetPlans__{configuration}")
+        rows.append(make_row(summary, trainer=trainer, dataset=os.path.basename(folder), n_labeled=4,
+                             n_unlabeled=len(os.listdir(os.path.join(folder, "imagesUnlabeled"))),
+                             evaluation="test (fold all)", folds="all", folds_missing="", model_folder=model,
+                             train_seconds=train_seconds, Dice_mean=summary["foreground"]["Dice"]["mean"],
+                             per_label_dice={label_names[k.strip("()").split(",")[0]]: v["Dice"]["mean"]
+                                             for k, v in summary["per_label"].items()}))
+        predictions.append(pred)
 
     budget = f"{epochs} epochs x {iters} iterations, fold all, {device}"
-    lines = [f"Test-set Dice on {rows[0][1]['n']} held-out synthetic cases ({budget})", "",
-             "| trainer | mean Dice | median Dice | lesion | core | cases < 0.8 | train time (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for trainer, d, seconds in rows:
-        lines.append(f"| {trainer} | {d['mean']:.4f} | {d['median']:.4f} | {d['per_label']['1']:.4f} | "
-                     f"{d['per_label']['2']:.4f} | {d['failed']} | {seconds:.0f} |")
-    table = "\n".join(lines)
-    with open(os.path.join(out, "demo_results.md"), "w") as f:
-        f.write(table + "\n")
+    statistics = paired_statistics(rows)
+    table = results_table(rows, statistics, budget)
+    results = os.path.join(out, "results")
+    os.makedirs(results, exist_ok=True)
+    overlays = os.path.join(results, "overlays.png")
+    write_contact_sheet(os.path.join(folder, "imagesTs"), os.path.join(folder, "labelsTs"), predictions, trainers,
+                        dataset_json, overlays)
+    files = write_leaderboard(rows, results, f"nnunet_ssl demo: {os.path.basename(folder)} {configuration}, {budget}",
+                              statistics, figures={"Overlays (worst cases of the reference first)": overlays},
+                              commands=[[sys.executable, "-m", "nnunet_ssl"] + sys.argv[1:]] + commands)
+    from nnunet_ssl.utilities.atomic import write_text
+    write_text(os.path.join(out, "demo_results.md"), table + "\n")
     print("\n" + table + "\n")
     print(f"Everything is in {out}:\n  raw data      {env['nnUNet_raw']}\n  preprocessed  {env['nnUNet_preprocessed']}"
           f"\n  models        {env['nnUNet_results']}\n  predictions   {os.path.join(out, 'predictions')}"
-          f"\n  table         {os.path.join(out, 'demo_results.md')}\n  command log   {log}"
+          f"\n  table         {os.path.join(out, 'demo_results.md')}\n  overlays      {overlays}"
+          f"\n  report        {files['report']}\n  command log   {log}"
           f"\nTotal time {time.time() - t0:.0f} s")
+    return table

@@ -26,7 +26,7 @@ def _ellipse(shape, center, radii, angle=0.0):
     return sum((g / r) ** 2 for g, r in zip(grids, radii)) <= 1.0
 
 
-def make_case_2d(rng, size=64):
+def make_case_2d(rng, size=64, faintness=0.0):
     skin = np.array([200, 150, 130], float) + rng.normal(0, 10, 3)
     img = np.ones((size, size, 3)) * skin + 25 * _smooth_noise(rng, (size, size, 1), 3) * rng.uniform(0.5, 1.5)
     seg = np.zeros((size, size), np.uint8)
@@ -35,9 +35,11 @@ def make_case_2d(rng, size=64):
     lesion = _ellipse((size, size), center, radii, rng.uniform(0, np.pi)) & \
         (_smooth_noise(rng, (size, size), 4) > -0.15)  # ragged border
     core = _ellipse((size, size), center, radii * rng.uniform(0.35, 0.6), rng.uniform(0, np.pi)) & lesion
+    # faintness 0: a dark lesion half-way to its colour; 1: barely darker than the skin's texture
     lesion_colour = skin * rng.uniform(0.45, 0.7)
-    img[lesion] = 0.5 * img[lesion] + 0.5 * lesion_colour
-    img[core] = img[core] * rng.uniform(0.5, 0.75)
+    mix = 0.5 * (1 - 0.8 * faintness)
+    img[lesion] = (1 - mix) * img[lesion] + mix * lesion_colour
+    img[core] = img[core] * (1 - (1 - rng.uniform(0.5, 0.75)) * (1 - 0.7 * faintness))
     seg[lesion] = 1
     seg[core] = 2
     for _ in range(rng.integers(0, 3)):  # distractors: same darkness, bluish, not lesion
@@ -47,7 +49,7 @@ def make_case_2d(rng, size=64):
     return np.clip(img, 0, 255).astype(np.uint8), seg
 
 
-def make_case_3d(rng, size=32):
+def make_case_3d(rng, size=32, faintness=0.0):
     shape = (size, size, size)
     img = 0.3 * _smooth_noise(rng, shape, 2) + rng.normal(0, 0.25, shape)
     seg = np.zeros(shape, np.uint8)
@@ -55,8 +57,9 @@ def make_case_3d(rng, size=32):
     radii = rng.uniform(0.15, 0.3, 3) * size
     organ = _ellipse(shape, center, radii)
     core = _ellipse(shape, center, radii * 0.45)
-    img[organ] += rng.uniform(0.6, 1.0)
-    img[core] += rng.uniform(0.4, 0.8)
+    visibility = 1 - 0.8 * faintness
+    img[organ] += rng.uniform(0.6, 1.0) * visibility
+    img[core] += rng.uniform(0.4, 0.8) * visibility
     seg[organ] = 1
     seg[core] = 2
     return (img * 100).astype(np.float32), seg
@@ -81,18 +84,25 @@ def _write_3d(img, seg, image_file, label_file=None, spacing=(1.0, 1.0, 1.5)):
 
 def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "SSLDemo", dim: int = 2,
                             n_labeled: int = 4, n_unlabeled: int = 40, n_test: int = 10, size: int = None,
-                            seed: int = 0) -> str:
-    """Write DatasetXXX_name into raw_root (atomically) and return its folder."""
+                            seed: int = 0, labeled_faintness=(0.0, 0.3), faintness=(0.0, 1.0)) -> str:
+    """Write DatasetXXX_name into raw_root (atomically) and return its folder.
+
+    The labeled cases' lesions are drawn from `labeled_faintness` only (clearly visible); the unlabeled pool and
+    the test set span `faintness` (down to barely visible)."""
     rng = np.random.default_rng(seed)
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     ending = ".png" if dim == 2 else ".nii.gz"
-    make = (lambda: make_case_2d(rng, size or 64)) if dim == 2 else (lambda: make_case_3d(rng, size or 32))
+    make_case = make_case_2d if dim == 2 else make_case_3d
+    size = size or (64 if dim == 2 else 32)
+
+    def make(span=faintness):
+        return make_case(rng, size, rng.uniform(*span))
     write = _write_2d if dim == 2 else _write_3d
     with atomic_folder(folder) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
             os.makedirs(os.path.join(tmp, sub))
         for i in range(n_labeled):
-            img, seg = make()
+            img, seg = make(labeled_faintness)
             write(img, seg, os.path.join(tmp, "imagesTr", f"case{i:03d}_0000{ending}"),
                   os.path.join(tmp, "labelsTr", f"case{i:03d}{ending}"))
         for i in range(n_test):
