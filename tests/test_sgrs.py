@@ -19,7 +19,7 @@ def _trainer(name=SGRS, **settings):
         setattr(trainer, k, v)
     trainer.on_train_start()
     trainer.warmup_fraction = 0.0  # lambda = 1 from the first step
-    trainer.teacher.update(trainer.network)  # teacher != initial student, as after some training
+    trainer.teacher.update(trainer.network, step=1000)  # teacher != initial student, as after some training
     with torch.no_grad():
         for p in trainer.network.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -28,6 +28,10 @@ from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
 
 class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     ema_decay = 0.99  # the authors' code
+    # a_t = min(1 - 1/(t+1), 0.99), as the authors' code (reference-code-notes S5): without it the teacher of a
+    # short run still carries 0.99^t of its random initialisation when lambda(t) turns the pseudo labels on
+    # (45 % at t = 80, the demo's warm-up end); over the README's 1500 PH2 iterations both are alike after ~500
+    ema_warm_start = True
     tau = PAPER_TAU  # on normalised entropy: 0.9838 == probability 0.425 in the binary case
     label_smoothing = 0.2  # epsilon of eq. 15
     dice_eta = 20.0  # eta of eq. 16

@@ -1,6 +1,8 @@
 """What a command checks before it starts: nnU-Net's folders, the dataset, the trainer. Each problem is a
 `UserError`, which the CLI prints as one line (exit code 2) instead of a traceback from deep inside nnU-Net."""
+import contextlib
 import difflib
+import io
 import os
 from typing import Sequence
 
@@ -53,7 +55,8 @@ def trainer_class(trainer_name: str):
 
     ensure_ext_trainer_env()
     try:
-        return recursive_find_trainer_class_by_name(trainer_name)
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates every folder and module it searches
+            return recursive_find_trainer_class_by_name(trainer_name)
     except RuntimeError:
         known = ["nnUNetTrainer"] + sorted(f[:-3] for f in os.listdir(trainers_folder())
                                            if f.startswith("nnUNetTrainer") and f.endswith(".py"))
