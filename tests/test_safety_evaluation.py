@@ -206,7 +206,8 @@ def test_killed_benchmark_resumes_without_retraining_and_leaves_nothing_half_wri
     args = ["benchmark", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerMeanTeacher",
             "--epochs", "1", "--iters", "2", "--val-iters", "1", "-o", str(out), "-np", "1"]
     env = {"nnUNet_extTrainer": SEAM_TRAINERS}
-    models = out / "nnUNet_results" / "Dataset801_T2D"
+    run = out / "draw_1" / "run_1"  # --runs 1 --draws 1: one draw (the dataset as given), one run
+    models = run / "nnUNet_results" / "Dataset801_T2D"
     with open(tmp_path / "killed.log", "w") as log:
         killed = subprocess.Popen([sys.executable, "-m", "nnunet_ssl", *args], stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, **env}, start_new_session=True)
@@ -217,29 +218,32 @@ def test_killed_benchmark_resumes_without_retraining_and_leaves_nothing_half_wri
             time.sleep(0.05)
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
-    assert not (out / "records" / "nnUNetTrainerMeanTeacher.json").exists()
-    first = tree(models / "nnUNetTrainer__nnUNetPlans__2d"), (out / "records" / "nnUNetTrainer.json").read_bytes()
+    assert not (run / "records" / "nnUNetTrainerMeanTeacher.json").exists()
+    first = tree(models / "nnUNetTrainer__nnUNetPlans__2d"), (run / "records" / "nnUNetTrainer.json").read_bytes()
 
     resumed = nnunet_ssl_cli(*args, env=env)
-    assert "nnUNetTrainer: done (record" in resumed.stdout and "nnUNetTrainer: training" not in resumed.stdout
-    assert "nnUNetTrainerMeanTeacher: training" in resumed.stdout
-    assert (tree(models / "nnUNetTrainer__nnUNetPlans__2d"), (out / "records" / "nnUNetTrainer.json").read_bytes()) \
+    assert "nnUNetTrainer (draw 1, run 1): done (record" in resumed.stdout
+    assert "nnUNetTrainer (draw 1, run 1): training" not in resumed.stdout
+    assert "nnUNetTrainerMeanTeacher (draw 1, run 1): training" in resumed.stdout
+    assert (tree(models / "nnUNetTrainer__nnUNetPlans__2d"), (run / "records" / "nnUNetTrainer.json").read_bytes()) \
         == first
     for trainer in ("nnUNetTrainer", "nnUNetTrainerMeanTeacher"):
-        record = json.load(open(out / "records" / f"{trainer}.json"))
+        record = json.load(open(run / "records" / f"{trainer}.json"))
         assert tuple(record) == RECORD_KEYS and None not in (record["s_per_iter"], record["peak_rss_gb"])
         assert record["n_test"] == 2 and record["n_labeled"] == 4 and record["n_unlabeled"] == 6
         assert record["s_per_iter"] > 0 and record["peak_rss_gb"] > 0.1 and record["epochs"] == 1
-        assert 0 <= record["Dice_mean"] <= 1
+        assert 0 <= record["Dice_mean"] <= 1 and (record["draw"], record["run"]) == (1, 1)
+        assert record["labeled_cases"] == ["case000", "case001", "case002", "case003"]
         assert os.path.isfile(models / f"{trainer}__nnUNetPlans__2d" / "test_predictions_fold_all" / "summary_ssl.json")
     assert [p for p in tree(out) if p.rstrip("/").endswith(".tmp") or ".partial" in p] == []
     table = (out / "leaderboard.md").read_text(encoding="utf-8")
-    assert "| Dataset801_T2D (4/6) | nnUNetTrainer | test (fold all) | 2 |" in table
+    assert "| Dataset801_T2D (4/6) | nnUNetTrainer | test (fold all) | 1 | 1 | 2 |" in table
+    assert "| nnUNetTrainerMeanTeacher | test (fold all) | 1 x 1 (1 results) |" in table  # over runs and draws
     assert "nnUNetTrainerMeanTeacher" in table and (out / "dice_per_case.png").exists()
-    assert (out / "overlays.png").stat().st_size > 5000
+    assert (run / "overlays.png").stat().st_size > 5000 and (run / "report.html").is_file()
     paired = json.load(open(out / "paired_statistics.json"))
-    assert [(p["trainer"], p["reference"], p["n_cases"]) for p in paired] == \
-        [("nnUNetTrainerMeanTeacher", "nnUNetTrainer", 2)]
+    assert [(p["trainer"], p["reference"], p["n_cases"], p["draw"]) for p in paired] == \
+        [("nnUNetTrainerMeanTeacher", "nnUNetTrainer", 2, 1), ("nnUNetTrainerMeanTeacher", "nnUNetTrainer", 2, "all")]
     report = (out / "report.html").read_text(encoding="utf-8")
     assert "nnunet_ssl benchmark -d Dataset801_T2D -c 2d -tr nnUNetTrainer nnUNetTrainerMeanTeacher" in report
     assert report.count("nnUNetv2_predict") == 2  # and the killed training as well as the resumed one:

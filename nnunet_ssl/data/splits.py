@@ -53,3 +53,140 @@ def ensure_splits(preprocessed_dataset_folder_base: str, labeled: Sequence[str],
     write_json(path, splits)
     kind = "leave-one-out, " if n_folds == len(labeled) and n_folds < 5 else ""
     return f"{path}: created a {n_folds}-fold split ({kind}{len(labeled)} labeled cases)"
+
+
+# ---------------------------------------------------------------------- labeled draws (nnunet_ssl benchmark --draws)
+DRAW_RECORD = "draw.json"
+
+
+def draw_name(dataset_name: str, draw: int) -> str:
+    """The dataset name of draw `draw`: the source's for draw 1, `<source>_draw<k>` for the others."""
+    return dataset_name if draw == 1 else f"{dataset_name}_draw{draw}"
+
+
+def draw_labeled_cases(candidates: Sequence[str], n_labeled: int, draw: int) -> list:
+    """The labeled cases of draw `draw` (>= 2): `n_labeled` of the sorted `candidates`, drawn with
+    random.Random(draw).sample, sorted. Draw 1 is the dataset as given (not drawn here)."""
+    import random
+
+    if draw < 2:
+        raise ValueError("draw 1 is the dataset as given")
+    return sorted(random.Random(draw).sample(sorted(candidates), n_labeled))
+
+
+def _read_seg(dataset_json: dict, path: str):
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    return determine_reader_writer_from_dataset_json(dataset_json, path)().read_seg(path)[0]
+
+
+def _image_shape(dataset_json: dict, paths: Sequence[str]) -> tuple:
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    return tuple(determine_reader_writer_from_dataset_json(dataset_json, paths[0])().read_images(paths)[0].shape[1:])
+
+
+def _images_by_case(folder: str, ending: str) -> dict:
+    """case -> its channel files (CASE_XXXX<ending>, sorted) in a raw images folder (nnU-Net's own listing starts a
+    process pool per call)."""
+    import re
+
+    cases = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        match = re.fullmatch(r"(.+)_\d{4}" + re.escape(ending), name)
+        if match:
+            cases.setdefault(match.group(1), []).append(os.path.join(folder, name))
+    return cases
+
+
+def build_draw(source_raw: str, target: str, draw: int, labels_folder: str) -> dict:
+    """Write the raw dataset `target` (atomically: complete or not at all) for labeled draw `draw` (>= 2) of the raw
+    dataset `source_raw`, which is only read. Returns its record (also written as `target`/draw.json).
+
+    The training cases (imagesTr + imagesUnlabeled of the source) are redistributed: as many as the source has
+    labeled are drawn (draw_labeled_cases) and go to imagesTr/labelsTr, the others to imagesUnlabeled, without
+    their labels. The test set (imagesTs, labelsTs) is the source's, unchanged. The source has no labels of its
+    unlabeled pool: those of newly labeled cases come from `labels_folder` (`<case><file_ending>`, e.g. labelsTr
+    of a fully labeled conversion of the same data); the labels of the source's labeled cases stay the source's
+    and must equal those in `labels_folder` (so it is the same data, at the same size). Files are hard-linked
+    (symbolic links across file systems). An existing `target` is kept if it holds exactly this draw."""
+    import numpy as np
+
+    from nnunet_ssl.data.pool import UNLABELED_RAW_FOLDER
+    from nnunet_ssl.utilities.atomic import atomic_folder, link_file
+
+    with open(os.path.join(source_raw, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    ending = dataset_json["file_ending"]
+    if "dataset" in dataset_json:
+        raise SplitError(f"{os.path.join(source_raw, 'dataset.json')}: lists its files ('dataset'); draws need the "
+                         f"standard layout (imagesTr, labelsTr, {UNLABELED_RAW_FOLDER})")
+    labeled = {c: {"images": files, "label": os.path.join(source_raw, "labelsTr", c + ending)}
+               for c, files in _images_by_case(os.path.join(source_raw, "imagesTr"), ending).items()}
+    unlabeled = _images_by_case(os.path.join(source_raw, UNLABELED_RAW_FOLDER), ending)
+    images = {**{c: v["images"] for c, v in labeled.items()}, **unlabeled}
+    if set(labeled) & set(unlabeled) or not labeled or not unlabeled:
+        raise SplitError(f"{source_raw}: needs labeled (imagesTr) and unlabeled ({UNLABELED_RAW_FOLDER}) cases with "
+                         f"different ids, has {len(labeled)} and {len(unlabeled)} ({len(set(labeled) & set(unlabeled))} "
+                         f"in both)")
+    chosen = draw_labeled_cases(images, len(labeled), draw)
+    pool = sorted(set(images) - set(chosen))
+    record = {"source": os.path.abspath(source_raw), "draw": draw, "seed": draw,
+              "rule": f"random.Random({draw}).sample(sorted(imagesTr + {UNLABELED_RAW_FOLDER} cases), "
+                      f"{len(labeled)}), sorted", "labeled": chosen, "unlabeled": pool,
+              "moved_to_unlabeled": sorted(set(labeled) - set(chosen)),
+              "newly_labeled": sorted(set(chosen) - set(labeled)),
+              "labels_from": os.path.abspath(labels_folder),
+              "test": sorted(f[:-len(ending)] for f in os.listdir(os.path.join(source_raw, "labelsTs"))
+                             if f.endswith(ending))}
+    record_file = os.path.join(target, DRAW_RECORD)
+    if os.path.isfile(record_file):
+        with open(record_file) as f:
+            existing = json.load(f)
+        if (existing.get("labeled"), existing.get("unlabeled"), existing.get("test")) != \
+                (record["labeled"], record["unlabeled"], record["test"]):
+            raise SplitError(f"{record_file}: this folder holds another draw of other cases than draw {draw} of "
+                             f"{source_raw} now gives (the source changed?); use another output folder")
+        return existing
+
+    if not os.path.isdir(labels_folder):
+        raise SplitError(f"{labels_folder} (labels of the draws) does not exist")
+    missing = [c for c in record["newly_labeled"] if not os.path.isfile(os.path.join(labels_folder, c + ending))]
+    if missing:
+        raise SplitError(f"{labels_folder}: no label of {len(missing)} case(s) draw {draw} labels, e.g. "
+                         f"{[c + ending for c in missing[:5]]}; the folder must hold the labels of every training "
+                         f"case (imagesTr and {UNLABELED_RAW_FOLDER}) of {source_raw}, e.g. labelsTr of the same "
+                         f"source converted without --labeled")
+    checked = [c for c in labeled if os.path.isfile(os.path.join(labels_folder, c + ending))]
+    if not checked:
+        raise SplitError(f"{labels_folder} holds none of the labeled cases of {source_raw} ({sorted(labeled)[:5]}), "
+                         f"so it cannot be checked to hold labels of the same images")
+    for c in checked:
+        theirs = os.path.join(labels_folder, c + ending)
+        if not np.array_equal(_read_seg(dataset_json, theirs), _read_seg(dataset_json, labeled[c]["label"])):
+            raise SplitError(f"{theirs} differs from {labeled[c]['label']}: {labels_folder} does not hold labels of "
+                             f"the same data (another source, or converted at another size?)")
+    for c in record["newly_labeled"]:
+        label = os.path.join(labels_folder, c + ending)
+        shape, image_shape = tuple(_read_seg(dataset_json, label).shape[1:]), _image_shape(dataset_json, images[c])
+        if shape != image_shape:
+            raise SplitError(f"{label}: shape {shape}, its image {images[c][0]} has shape {image_shape}")
+
+    with atomic_folder(target) as tmp:
+        for sub in ("imagesTr", "labelsTr", UNLABELED_RAW_FOLDER, "imagesTs", "labelsTs"):
+            os.makedirs(os.path.join(tmp, sub))
+        for c in chosen:
+            for f in images[c]:
+                link_file(f, os.path.join(tmp, "imagesTr", os.path.basename(f)))
+            label = labeled[c]["label"] if c in labeled else os.path.join(labels_folder, c + ending)
+            link_file(label, os.path.join(tmp, "labelsTr", c + ending))
+        for c in pool:
+            for f in images[c]:
+                link_file(f, os.path.join(tmp, UNLABELED_RAW_FOLDER, os.path.basename(f)))
+        for sub in ("imagesTs", "labelsTs"):
+            for f in sorted(os.listdir(os.path.join(source_raw, sub))):
+                link_file(os.path.join(source_raw, sub, f), os.path.join(tmp, sub, f))
+        write_json(os.path.join(tmp, "dataset.json"),
+                   {**dataset_json, "numTraining": len(chosen),
+                    "description": f"draw {draw} of {os.path.basename(source_raw)}: {len(chosen)} other labeled "
+                                   f"cases (nnunet_ssl benchmark --draws; {DRAW_RECORD})"})
+        write_json(os.path.join(tmp, DRAW_RECORD), record)
+    return record

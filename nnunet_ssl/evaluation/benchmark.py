@@ -1,30 +1,50 @@
-"""`nnunet_ssl benchmark`: several trainers, one explicit budget, the test set, one table.
+"""`nnunet_ssl benchmark`: several trainers, one explicit budget, the test set, one table; repeated over
+independent runs (--runs) and labeled draws (--draws).
 
 For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in its own output folder:
 1. plan and preprocess with stock nnU-Net if not done, preprocess the unlabeled pool (skipped when up to date);
-2. per trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x iterations, fold `all` or a
-   given fold) into the benchmark's own nnUNet_results, stock `nnUNetv2_predict` on imagesTs, evaluation with
-   nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the metrics, training seconds per
-   iteration, wall time and peak memory (RAM: the training process's peak RSS; GPU: torch's peak allocation).
-   Fold `all` skips nnU-Net's final validation (its validation cases were trained on);
-3. the leaderboard of all records: leaderboard.md, leaderboard.csv, dice_per_case.png, the paired per-case
-   differences to the reference trainer (--reference; paired_statistics.csv/.json, also in leaderboard.md),
-   overlays.png (image, ground truth and each trainer's prediction of the test cases, the reference's worst
-   first) and report.html, one self-contained page of all of it with the training curves, commands and versions.
+   draws 2..D (--draws): the same number of labeled cases drawn with another seed from the training cases
+   (imagesTr + imagesUnlabeled; the others become unlabeled, their labels unused), the same test set: a dataset
+   `<name>_draw<k>` linked from the source's raw files (never modified) with labels of newly labeled cases from
+   --draw-labels, in the benchmark's own draw_<k>/nnUNet_raw, preprocessed with the source's plans into
+   draw_<k>/nnUNet_preprocessed (nnunet_ssl.data.splits.build_draw). Draw 1 is the dataset as given;
+2. per run (--runs), draw and trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x
+   iterations, fold `all` or a given fold) into that run's own nnUNet_results, stock `nnUNetv2_predict` on
+   imagesTs, evaluation with nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the
+   metrics, the draw's labeled cases, training seconds per iteration, wall time and peak memory (RAM: the training
+   process's peak RSS; GPU: torch's peak allocation). Fold `all` skips nnU-Net's final validation (its validation
+   cases were trained on). Every draw's run 1 comes before any run 2;
+3. the leaderboard of each draw and run in its folder, and of all of them at the top: the table over runs and
+   draws (per trainer: mean, std and range of mean Dice, median Dice and failed cases), every result, the paired
+   per-case differences to the reference trainer (--reference) in each draw and run and pooled over all of them
+   (paired_statistics.csv/.json), overlays.png (image, ground truth and each trainer's prediction of the test
+   cases, the reference's worst first) and report.html, one self-contained page of all of it with the training
+   curves, commands and versions.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
-interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder.
-Killed at any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and renamed;
-predictions go to a hidden `.test_predictions_fold_<f>.partial` folder (removed by the next run, never read by
-the leaderboard), are renamed into place, and count as done only once their summary_ssl.json is written.
+interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder; runs and
+draws can be added later (a larger --runs or --draws with the same folder trains only what is new). Killed at
+any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and renamed; a draw's raw
+dataset is built in a hidden folder and renamed; predictions go to a hidden `.test_predictions_fold_<f>.partial`
+folder (removed by the next run, never read by the leaderboard), are renamed into place, and count as done only
+once their summary_ssl.json is written.
 
 Output folder layout (stable; the project's issues report numbers from it):
-  benchmark.json                 dataset, configuration, plans, fold, budget, device
-  records/<trainer>.json         one finished trainer (schema: RECORD_KEYS)
-  logs/<trainer>.{train,predict}.log
-  nnUNet_results/...             the trained models (nnU-Net's layout)
-  nnUNet_results/<Dataset>/<trainer>__<plans>__<conf>/test_predictions_fold_<f>/  predictions + summary_ssl.json
-  leaderboard.md, leaderboard.csv, paired_statistics.{csv,json}, dice_per_case.png, overlays.png, report.html
+  benchmark.json                 dataset, configuration, plans, fold, budget, device, runs, draws, each draw's
+                                 labeled cases
+  draw_<k>/nnUNet_raw/<name>_draw<k>/  (k >= 2) the draw's raw dataset (links) with draw.json (its cases, seed)
+  draw_<k>/nnUNet_preprocessed/  (k >= 2) the draw, preprocessed with the source's plans
+  draw_<k>/logs/preprocess.log
+  draw_<k>/run_<r>/records/<trainer>.json       one finished trainer (schema: RECORD_KEYS)
+  draw_<k>/run_<r>/logs/<trainer>.{train,predict}.log
+  draw_<k>/run_<r>/nnUNet_results/...           the trained models (nnU-Net's layout)
+  draw_<k>/run_<r>/nnUNet_results/<Dataset>/<trainer>__<plans>__<conf>/test_predictions_fold_<f>/  predictions +
+                                 summary_ssl.json
+  draw_<k>/run_<r>/leaderboard.md, leaderboard.csv, paired_statistics.{csv,json}, dice_per_case.png,
+                                 overlays.png, report.html      this draw and run (leaderboard_of.json: of which
+                                 records; rewritten only when they change)
+  leaderboard.md, leaderboard.csv, repeats.json, paired_statistics.{csv,json}, dice_per_case.png, report.html
+                                 all draws and runs (overlays and training curves: those of draw 1, run 1)
 """
 import json
 import os
@@ -36,8 +56,9 @@ from nnunet_ssl.utilities.inputs import UserError
 from nnunet_ssl.utilities.runner import run_logged
 
 RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterations_per_epoch", "device",
-               "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter", "peak_rss_gb", "peak_gpu_gb",
-               "summary_file", "Dice_mean", "Dice_median", "failed_cases")
+               "draw", "run", "labeled_cases", "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter",
+               "peak_rss_gb", "peak_gpu_gb", "summary_file", "Dice_mean", "Dice_median", "failed_cases")
+REPEATS = ("runs", "draws", "draw_labels", "labeled_cases")  # benchmark.json keys that may change between calls
 
 
 class BenchmarkError(UserError):
@@ -49,6 +70,12 @@ def _run(cmd, log, env):
     return run_logged(cmd, log, env, BenchmarkError)
 
 
+def _say(message: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def _read_json(path: str) -> dict:
     """{} for a file that does not exist."""
     if not os.path.isfile(path):
@@ -57,12 +84,18 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def child_env(out: str) -> dict:
-    """The environment of the commands the benchmark runs: models go to the benchmark's own nnUNet_results;
-    nnU-Net finds the user's trainer folders (nnUNet_extTrainer) and the plugin's."""
+def child_env(out: str, roots: dict = None) -> dict:
+    """The environment of the commands the benchmark runs: models go to `out`/nnUNet_results; nnU-Net finds the
+    user's trainer folders (nnUNet_extTrainer) and the plugin's; `roots`: other nnUNet_raw / nnUNet_preprocessed
+    (a draw's)."""
     from nnunet_ssl.utilities.paths import with_plugin_trainers
-    return {**os.environ, "nnUNet_results": os.path.join(out, "nnUNet_results"),
+    return {**os.environ, **(roots or {}), "nnUNet_results": os.path.join(out, "nnUNet_results"),
             "nnUNet_extTrainer": with_plugin_trainers(os.environ.get("nnUNet_extTrainer"))}
+
+
+def _planning_env(env: dict) -> dict:
+    # nnU-Net 2.8's planner and preprocessor call torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+    return {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA") or 1)))}
 
 
 def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: dict, num_processes: int) -> None:
@@ -74,24 +107,145 @@ def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: di
     if not os.path.isfile(os.path.join(nnUNet_preprocessed, name, plans + ".json")):
         if plans != "nnUNetPlans":
             raise BenchmarkError(f"{name} has no plans {plans}: plan it first (stock planning makes nnUNetPlans)")
-        # nnUNetv2_plan_and_preprocess -d takes integer ids; nnU-Net 2.8's planner calls
-        # torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+        # nnUNetv2_plan_and_preprocess -d takes integer ids
         _run(["nnUNetv2_plan_and_preprocess", "-d", str(convert_dataset_name_to_id(name)), "-c", configuration,
               "-np", str(num_processes), "-npfp", str(num_processes), "--verify_dataset_integrity"], log,
-             {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA") or 1)))})
+             _planning_env(env))
     preprocess_unlabeled(name, [configuration], plans, num_processes)
+
+
+def prepare_draw(source: str, draw: int, draw_folder: str, labels: str, configuration: str, plans: str,
+                 num_processes: int) -> tuple:
+    """Labeled draw `draw` (>= 2) of the raw dataset `source` in `draw_folder`: its own nnUNet_raw (the raw files
+    linked, nnunet_ssl.data.splits.build_draw) and nnUNet_preprocessed, preprocessed with the source's plans
+    (nnUNetv2_preprocess, then the unlabeled pool). Returns (dataset name, its raw folder, nnU-Net roots, record)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    from nnunet_ssl.data.splits import SplitError, build_draw, draw_name
+    from nnunet_ssl.utilities.inputs import nnunet_folder
+
+    name = draw_name(source, draw)
+    roots = {"nnUNet_raw": os.path.join(draw_folder, "nnUNet_raw"),
+             "nnUNet_preprocessed": os.path.join(draw_folder, "nnUNet_preprocessed")}
+    raw = os.path.join(roots["nnUNet_raw"], name)
+    try:
+        record = build_draw(os.path.join(nnunet_folder("nnUNet_raw"), source), raw, draw, labels)
+    except SplitError as e:
+        raise BenchmarkError(f"draw {draw}: {e}") from None
+    done_file = os.path.join(draw_folder, "preprocessed.json")
+    done = _read_json(done_file).get("done", [])
+    if f"{plans} {configuration}" in done:
+        return name, raw, roots, record
+    source_pre = os.path.join(nnunet_folder("nnUNet_preprocessed"), source)
+    pre = os.path.join(roots["nnUNet_preprocessed"], name)
+    os.makedirs(pre, exist_ok=True)
+    with open(os.path.join(source_pre, plans + ".json")) as f:  # the same plans; nnU-Net names the results folder
+        write_json(os.path.join(pre, plans + ".json"), {**json.load(f), "dataset_name": name})  # after this name
+    for copied in ("dataset.json", "dataset_fingerprint.json"):  # (the fingerprint: the source's, for reference)
+        folder = raw if copied == "dataset.json" else source_pre
+        if os.path.isfile(os.path.join(folder, copied)):
+            with open(os.path.join(folder, copied)) as f:
+                write_json(os.path.join(pre, copied), json.load(f))
+    env = {**os.environ, **roots}
+    log = os.path.join(draw_folder, "logs", "preprocess.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    _run(["nnUNetv2_preprocess", "-d", str(convert_dataset_name_to_id(name)), "-plans_name", plans, "-c",
+          configuration, "-np", str(num_processes)], log, _planning_env(env))
+    _run([sys.executable, "-m", "nnunet_ssl", "preprocess-unlabeled", "-d", name, "-c", configuration, "-p", plans,
+          "-np", str(num_processes)], log, env)
+    write_json(done_file, {"done": done + [f"{plans} {configuration}"]})
+    return name, raw, roots, record
+
+
+def run_trainer(trainer: str, name: str, raw: str, sub: str, env: dict, info: dict, dataset_json: dict,
+                nsd_tolerance: float, num_processes: int) -> dict:
+    """Train (or resume), predict imagesTs and evaluate one trainer in the folder `sub` (records/, logs/,
+    nnUNet_results/ of one draw and run); returns its record (records/<trainer>.json; kept if it exists).
+    `info`: the record's budget, draw, run and counts."""
+    from nnunet_ssl.evaluation.leaderboard import TEST_PREFIX
+    from nnunet_ssl.evaluation.metrics import evaluate_folder
+
+    configuration, fold, plans, device = info["configuration"], info["fold"], info["plans"], info["device"]
+    where = f"{trainer} (draw {info['draw']}, run {info['run']})"
+    record_file = os.path.join(sub, "records", f"{trainer}.json")
+    if os.path.isfile(record_file):
+        _say(f"{where}: done (record {record_file}); delete the record to run it again")
+        with open(record_file) as f:
+            return json.load(f)
+    model = os.path.join(sub, "nnUNet_results", name, f"{trainer}__{plans}__{configuration}")
+    fold_folder = os.path.join(model, f"fold_{fold}")
+    predictions = os.path.join(model, TEST_PREFIX + str(fold))
+    stats_file = os.path.join(sub, "logs", f"{trainer}.stats.json")
+    log = os.path.join(sub, "logs", f"{trainer}.train.log")
+    stats = _read_json(stats_file)
+    if not (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")) and "peak_rss_gb" in stats):
+        _say(f"{where}: training {info['epochs']} epochs x {info['iterations_per_epoch']} iterations (log: {log})")
+        cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
+               "-p", plans, "--epochs", str(info["epochs"]), "--iters", str(info["iterations_per_epoch"]),
+               "-device", device, "--stats-json", stats_file]
+        if info.get("val_iterations"):
+            cmd += ["--val-iters", str(info["val_iterations"])]
+        if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
+            cmd.append("--no-val")
+        if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
+            cmd.append("--c")
+        elif os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
+            cmd.append("--overwrite")  # this benchmark's own model, killed before its timing was written
+        peak_rss_gb, _ = _run(cmd, log, env)
+        stats = {**_read_json(stats_file), "peak_rss_gb": peak_rss_gb}
+        write_json(stats_file, stats)
+        shutil.rmtree(predictions, ignore_errors=True)  # of an older model
+
+    if not os.path.isfile(os.path.join(predictions, "summary_ssl.json")):
+        _say(f"{where}: predicting {os.path.join(raw, 'imagesTs')}")
+        # hidden, and not named test_predictions_fold_*: the leaderboard never reads it
+        partial = os.path.join(model, "." + TEST_PREFIX + str(fold) + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        workers = ["-npp", "0", "-nps", "0"] if device == "cpu" else []
+        _run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", partial, "-d", name, "-c",
+              configuration, "-f", str(fold), "-tr", trainer, "-p", plans, "-device", device,
+              "--disable_progress_bar"] + workers, os.path.join(sub, "logs", f"{trainer}.predict.log"), env)
+        shutil.rmtree(predictions, ignore_errors=True)
+        os.replace(partial, predictions)
+        # evaluated in place (the summary names these files); without its summary the folder is predicted
+        # again by the next run
+        evaluate_folder(os.path.join(raw, "labelsTs"), predictions, dataset_json,
+                        os.path.join(predictions, "summary_ssl.json"), nsd_tolerance, num_processes)
+    with open(os.path.join(predictions, "summary_ssl.json")) as f:
+        summary = json.load(f)
+    record = {"trainer": trainer, "dataset": name, **{k: info[k] for k in RECORD_KEYS[2:12]},
+              "n_test": summary["n_cases"], "train_seconds": stats["train_seconds"],
+              "s_per_iter": stats["s_per_iter"], "peak_rss_gb": stats["peak_rss_gb"],
+              "peak_gpu_gb": stats["peak_gpu_gb"], "summary_file": os.path.join(predictions, "summary_ssl.json"),
+              "Dice_mean": summary["foreground"]["Dice"]["mean"],
+              "Dice_median": summary["foreground"]["Dice"]["median"], "failed_cases": summary["failed_cases"]}
+    write_json(record_file, record)
+    _say(f"{where}: mean Dice {record['Dice_mean']:.4f}, median {record['Dice_median']:.4f}, "
+         f"{record['failed_cases']} failed, {record['s_per_iter']:.3f} s/iter")
+    return record
+
+
+def run_folder(out: str, draw: int, run: int) -> str:
+    """The folder of one draw and run of the benchmark in `out`."""
+    return os.path.join(out, f"draw_{draw}", f"run_{run}")
 
 
 def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, iterations: int, fold: str = "all",
                   out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
-                  nsd_tolerance: float = 1.0, num_processes: int = 2, reference: str = None) -> str:
+                  nsd_tolerance: float = 1.0, num_processes: int = 2, reference: str = None, runs: int = 1,
+                  draws: int = 1, draw_labels: str = None) -> str:
     """Run (or resume) the benchmark; returns the leaderboard Markdown. `reference`: the trainer the others are
-    compared with case by case (default: nnUNetTrainer if listed, else the first)."""
+    compared with case by case (default: nnUNetTrainer if listed, else the first). `runs`: independent trainings
+    of each trainer per draw; `draws`: labeled draws (1: the dataset as given; more need `draw_labels`, a folder
+    with the labels of every training case)."""
+    from tqdm import tqdm
+
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
-                                                   statistics_markdown, write_leaderboard)
-    from nnunet_ssl.evaluation.metrics import evaluate_folder
+                                                   repeats_markdown, statistics_markdown, write_leaderboard)
     from nnunet_ssl.evaluation.overlay import write_contact_sheet
-    from nnunet_ssl.evaluation.statistics import default_reference, paired_statistics
+    from nnunet_ssl.evaluation.statistics import (default_reference, paired_statistics, pooled_statistics,
+                                                  repeat_summary)
+    from nnunet_ssl.data.splits import labeled_case_ids
     from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder, trainer_class
 
     name = dataset_name(dataset, needs=("nnUNet_raw",))
@@ -100,6 +254,12 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         trainer_class(trainer)
     if reference is not None and reference not in trainers:
         raise BenchmarkError(f"--reference {reference} is not one of the trainers (-tr {' '.join(trainers)})")
+    if runs < 1 or draws < 1:
+        raise BenchmarkError(f"--runs {runs} --draws {draws}: both must be at least 1")
+    if draws > 1 and not draw_labels:
+        raise BenchmarkError(f"--draws {draws}: draws 2.. label other cases of {raw}, whose unlabeled cases have no "
+                             f"labels there: give --draw-labels FOLDER with the labels of every training case (e.g. "
+                             f"labelsTr of the same source converted without --labeled; see the README)")
     for sub in ("imagesTs", "labelsTs", "imagesUnlabeled"):
         if not os.path.isdir(os.path.join(raw, sub)):
             raise BenchmarkError(f"{os.path.join(raw, sub)} does not exist: the benchmark needs a test set "
@@ -111,127 +271,124 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     setup_file = os.path.join(out, "benchmark.json")
     if os.path.isfile(setup_file):
         with open(setup_file) as f:
-            previous = json.load(f)
+            previous = {k: v for k, v in json.load(f).items() if k not in REPEATS}
         if previous != setup:
             changed = {k: (previous.get(k), v) for k, v in setup.items() if previous.get(k) != v}
             raise BenchmarkError(f"{setup_file}: this folder holds a benchmark with other settings {changed}; "
                                  f"use another output folder (-o) for another budget")
-    for sub in ("records", "logs", "nnUNet_results"):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-    write_json(setup_file, setup)
+    if os.path.isdir(os.path.join(out, "records")):
+        raise BenchmarkError(f"{os.path.join(out, 'records')}: this folder holds a benchmark of an older layout "
+                             f"(one run, records/ at the top; now draw_<k>/run_<r>/records/); it is left as it is: "
+                             f"use another output folder (-o)")
+    os.makedirs(out, exist_ok=True)
+    write_json(setup_file, {**setup, "runs": runs, "draws": draws,
+                            "draw_labels": os.path.abspath(draw_labels) if draw_labels else None})
 
-    env = child_env(out)
-    prepare_dataset(name, configuration, plans, os.path.join(out, "logs", "preprocess.log"), env, num_processes)
+    prepare_dataset(name, configuration, plans, os.path.join(out, "draw_1", "logs", "preprocess.log"),
+                    child_env(out), num_processes)
     with open(os.path.join(raw, "dataset.json")) as f:
         dataset_json = json.load(f)
-    counts = dataset_counts(name)
+    datasets = {1: (name, raw, None, {"labeled": sorted(labeled_case_ids(raw, dataset_json))})}
+    counts = {1: dataset_counts(name)}
+    for draw in range(2, draws + 1):
+        datasets[draw] = prepare_draw(name, draw, os.path.join(out, f"draw_{draw}"), draw_labels, configuration,
+                                      plans, num_processes)
+        counts[draw] = {"n_labeled": len(datasets[draw][3]["labeled"]),
+                        "n_unlabeled": len(datasets[draw][3]["unlabeled"])}
+    write_json(setup_file, {**_read_json(setup_file),
+                            "labeled_cases": {str(d): v[3]["labeled"] for d, v in datasets.items()}})
 
-    for trainer in trainers:
-        record_file = os.path.join(out, "records", f"{trainer}.json")
-        if os.path.isfile(record_file):
-            print(f"{trainer}: done (record {record_file}); delete the record to run it again")
-            continue
-        model = os.path.join(out, "nnUNet_results", name, f"{trainer}__{plans}__{configuration}")
-        fold_folder = os.path.join(model, f"fold_{fold}")
-        predictions = os.path.join(model, TEST_PREFIX + str(fold))
-        stats_file = os.path.join(out, "logs", f"{trainer}.stats.json")
-        log = os.path.join(out, "logs", f"{trainer}.train.log")
-        stats = _read_json(stats_file)
-        if not (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")) and "peak_rss_gb" in stats):
-            print(f"{trainer}: training {epochs} epochs x {iterations} iterations (log: {log})", flush=True)
-            cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
-                   "-p", plans, "--epochs", str(epochs), "--iters", str(iterations), "-device", device,
-                   "--stats-json", stats_file]
-            if val_iterations:
-                cmd += ["--val-iters", str(val_iterations)]
-            if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
-                cmd.append("--no-val")
-            if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
-                cmd.append("--c")
-            elif os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
-                cmd.append("--overwrite")  # this benchmark's own model, killed before its timing was written
-            peak_rss_gb, _ = _run(cmd, log, env)
-            stats = {**_read_json(stats_file), "peak_rss_gb": peak_rss_gb}
-            write_json(stats_file, stats)
-            shutil.rmtree(predictions, ignore_errors=True)  # of an older model
+    records = []
+    jobs = [(run, draw) for run in range(1, runs + 1) for draw in range(1, draws + 1)]  # every draw's run 1 first
+    for run, draw in tqdm(jobs, desc="benchmark (run, draw)", disable=len(jobs) == 1):
+        draw_dataset, draw_raw, roots, draw_record = datasets[draw]
+        sub = run_folder(out, draw, run)
+        for folder in ("records", "logs", "nnUNet_results"):
+            os.makedirs(os.path.join(sub, folder), exist_ok=True)
+        info = {"configuration": configuration, "fold": str(fold), "epochs": epochs, "iterations_per_epoch": iterations,
+                "device": device, "draw": draw, "run": run, "labeled_cases": draw_record["labeled"], **counts[draw],
+                "plans": plans, "val_iterations": val_iterations}
+        for trainer in trainers:
+            records.append(run_trainer(trainer, draw_dataset, draw_raw, sub, child_env(sub, roots), info,
+                                       dataset_json, nsd_tolerance, num_processes))
 
-        if not os.path.isfile(os.path.join(predictions, "summary_ssl.json")):
-            print(f"{trainer}: predicting {os.path.join(raw, 'imagesTs')}", flush=True)
-            # hidden, and not named test_predictions_fold_*: the leaderboard never reads it
-            partial = os.path.join(model, "." + TEST_PREFIX + str(fold) + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            workers = ["-npp", "0", "-nps", "0"] if device == "cpu" else []
-            _run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", partial, "-d", name, "-c",
-                  configuration, "-f", str(fold), "-tr", trainer, "-p", plans, "-device", device,
-                  "--disable_progress_bar"] + workers, os.path.join(out, "logs", f"{trainer}.predict.log"), env)
-            shutil.rmtree(predictions, ignore_errors=True)
-            os.replace(partial, predictions)
-            # evaluated in place (the summary names these files); without its summary the folder is predicted
-            # again by the next run
-            evaluate_folder(os.path.join(raw, "labelsTs"), predictions, dataset_json,
-                            os.path.join(predictions, "summary_ssl.json"), nsd_tolerance, num_processes)
-        with open(os.path.join(predictions, "summary_ssl.json")) as f:
-            summary = json.load(f)
-        record = {"trainer": trainer, "dataset": name, "configuration": configuration, "fold": str(fold),
-                  "epochs": epochs, "iterations_per_epoch": iterations, "device": device, **counts,
-                  "n_test": summary["n_cases"], "train_seconds": stats["train_seconds"],
-                  "s_per_iter": stats["s_per_iter"], "peak_rss_gb": stats["peak_rss_gb"],
-                  "peak_gpu_gb": stats["peak_gpu_gb"], "summary_file": os.path.join(predictions, "summary_ssl.json"),
-                  "Dice_mean": summary["foreground"]["Dice"]["mean"],
-                  "Dice_median": summary["foreground"]["Dice"]["median"], "failed_cases": summary["failed_cases"]}
-        write_json(record_file, record)
-        print(f"{trainer}: mean Dice {record['Dice_mean']:.4f}, median {record['Dice_median']:.4f}, "
-              f"{record['failed_cases']} failed, {record['s_per_iter']:.3f} s/iter", flush=True)
-
-    rows = []
-    for trainer in trainers:
-        with open(os.path.join(out, "records", f"{trainer}.json")) as f:
-            record = json.load(f)
-        with open(record["summary_file"]) as f:
-            summary = json.load(f)
-        rows.append(make_row(summary, **{k: record[k] for k in RECORD_KEYS if k not in
-                                         ("summary_file", "Dice_mean", "Dice_median", "failed_cases")},
-                             evaluation=f"test (fold {fold})", folds=str(fold), folds_missing="",
-                             s_per_epoch=None, model_folder=os.path.join(out, "nnUNet_results", name,
-                                                                         f"{trainer}__{plans}__{configuration}")))
     reference = reference or default_reference(list(trainers))
-    statistics = paired_statistics(rows, reference)
-    overlays = os.path.join(out, "overlays.png")  # worst cases of the reference trainer first
-    shown = [reference] + [t for t in trainers if t != reference]
-    write_contact_sheet(os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs"),
-                        [os.path.join(out, "nnUNet_results", name, f"{t}__{plans}__{configuration}",
-                                      TEST_PREFIX + str(fold)) for t in shown], shown, dataset_json, overlays)
     budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
     command = benchmark_command(name, configuration, trainers, epochs, iterations, fold, out, val_iterations,
-                                device, plans, nsd_tolerance, num_processes, reference)
-    files = write_leaderboard(rows, out, f"Benchmark: {name} {configuration}, {budget}", statistics,
-                              {f"Overlays: test cases, worst of {reference} first": overlays},
-                              commands=[command, f"# which ran, with nnUNet_results={env['nnUNet_results']} and "
-                                                 f"nnUNet_extTrainer={env['nnUNet_extTrainer']}:"]
-                              + logged_commands(out, trainers))
-    files["overlays"] = overlays
+                                device, plans, nsd_tolerance, num_processes, reference, runs, draws, draw_labels)
+    rows, overlays = [], {}
+    for run, draw in jobs:  # the leaderboard of each draw and run in its folder
+        draw_dataset, draw_raw = datasets[draw][:2]
+        sub = run_folder(out, draw, run)
+        mine = [make_row(_read_json(r["summary_file"]), **{k: r[k] for k in RECORD_KEYS if k not in
+                         ("summary_file", "Dice_mean", "Dice_median", "failed_cases", "labeled_cases")},
+                         evaluation=f"test (fold {fold})", folds=str(fold), folds_missing="", s_per_epoch=None,
+                         model_folder=os.path.join(sub, "nnUNet_results", draw_dataset,
+                                                   f"{r['trainer']}__{plans}__{configuration}"))
+                for r in records if (r["draw"], r["run"]) == (draw, run)]
+        rows += mine
+        overlays[(draw, run)] = os.path.join(sub, "overlays.png")
+        # written again only when its records or trainers changed (an added run leaves the others as they are)
+        stamp = {"trainers": list(trainers), "reference": reference, "records": [
+            os.stat(os.path.join(sub, "records", f"{t}.json")).st_mtime_ns for t in trainers]}
+        stamp_file = os.path.join(sub, "leaderboard_of.json")
+        if _read_json(stamp_file) == stamp and os.path.isfile(os.path.join(sub, "report.html")):
+            continue
+        shown = [reference] + [t for t in trainers if t != reference]  # worst cases of the reference first
+        write_contact_sheet(os.path.join(draw_raw, "imagesTs"), os.path.join(draw_raw, "labelsTs"),
+                            [os.path.join(sub, "nnUNet_results", draw_dataset, f"{t}__{plans}__{configuration}",
+                                          TEST_PREFIX + str(fold)) for t in shown], shown, dataset_json,
+                            overlays[(draw, run)])
+        write_leaderboard(mine, sub, f"Benchmark: {draw_dataset} {configuration}, {budget}, draw {draw}, run {run}",
+                          paired_statistics(mine, reference),
+                          {f"Overlays: test cases, worst of {reference} first": overlays[(draw, run)]},
+                          commands=[command] + logged_commands(sub, trainers))
+        write_json(stamp_file, stamp)
+    test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows}
+    if len(test_sets) > 1:  # one test set for every trainer, draw and run: anything else is a broken benchmark
+        raise BenchmarkError(f"{out}: the records were evaluated on different test sets: " + "; ".join(
+            f"{t} (draw {d}, run {r}): {len(cases)} cases, e.g. {list(cases[:2])}"
+            for cases, (t, d, r) in test_sets.items()))
+    statistics = paired_statistics(rows, reference) + pooled_statistics(rows, reference)
+    repeats = repeat_summary(rows)
+    env = child_env(out)
+    logged = [c for draw in range(1, draws + 1) for c in logged_commands(os.path.join(out, f"draw_{draw}"), ())] + \
+        [c for run, draw in jobs for c in logged_commands(run_folder(out, draw, run), trainers)]
+    files = write_leaderboard(
+        rows, out, f"Benchmark: {name} {configuration}, {budget}, {draws} draw(s) x {runs} run(s)", statistics,
+        {f"Overlays of draw 1, run 1: test cases, worst of {reference} first (each draw_<k>/run_<r>/ has its "
+         f"own)": overlays[(1, 1)]},
+        training_curves={f"{r['trainer']}, draw 1, run 1": os.path.join(r["model_folder"], f"fold_{fold}")
+                         for r in rows if (r["draw"], r["run"]) == (1, 1)},
+        commands=[command, f"# which ran, with nnUNet_results=<draw_k/run_r>/nnUNet_results (draws 2..: "
+                           f"nnUNet_raw and nnUNet_preprocessed in draw_k/) and "
+                           f"nnUNet_extTrainer={env['nnUNet_extTrainer']}:"] + logged,
+        repeats=repeats)
+    files["overlays"] = overlays[(1, 1)]
     table = markdown_table(rows)
-    print(f"\n{table}" + (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
+    print(f"\n{repeats_markdown(repeats)}\n\n{table}" +
+          (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
     print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
     return table
 
 
 def benchmark_command(dataset, configuration, trainers, epochs, iterations, fold, out, val_iterations, device,
-                      plans, nsd_tolerance, num_processes, reference) -> list:
+                      plans, nsd_tolerance, num_processes, reference, runs=1, draws=1, draw_labels=None) -> list:
     """The `nnunet_ssl benchmark` command line that runs (or resumes) exactly this benchmark."""
     cmd = ["nnunet_ssl", "benchmark", "-d", dataset, "-c", configuration, "-tr", *trainers, "--epochs", epochs,
            "--iters", iterations] + (["--val-iters", val_iterations] if val_iterations else []) + \
         ["-f", fold, "-p", plans, "-o", out, "-device", device, "--nsd-tolerance", nsd_tolerance,
-         "-np", num_processes, "--reference", reference]
+         "-np", num_processes, "--reference", reference, "--runs", runs, "--draws", draws] + \
+        (["--draw-labels", os.path.abspath(draw_labels)] if draw_labels else [])
     return [str(c) for c in cmd]
 
 
-def logged_commands(out: str, trainers) -> list:
-    """The commands the benchmark ran, as its logs record them (`$ ...` lines: preprocessing, then each trainer's
-    training and prediction, resumed runs included)."""
+def logged_commands(folder: str, trainers) -> list:
+    """The commands the benchmark ran in `folder` (a draw's or a run's), as its logs record them (`$ ...` lines:
+    preprocessing, then each trainer's training and prediction, resumed runs included)."""
     commands = []
     for log in ["preprocess.log"] + [f"{t}.{step}.log" for t in trainers for step in ("train", "predict")]:
-        path = os.path.join(out, "logs", log)
+        path = os.path.join(folder, "logs", log)
         if os.path.isfile(path):
             with open(path, encoding="utf-8", errors="replace") as f:
                 commands += [line[2:].rstrip("\n") for line in f if line.startswith("$ ")]
@@ -260,10 +417,20 @@ def parser():
     p.add_argument("--reference", default=None, help="trainer the others are compared with, case by case, and "
                                                      "whose worst cases the overlays show first (default: "
                                                      "nnUNetTrainer if listed, else the first)")
+    p.add_argument("--runs", type=int, default=1, help="independent trainings of every trainer on each draw "
+                                                       "(default: 1); more can be added later with the same -o")
+    p.add_argument("--draws", type=int, default=1,
+                   help="labeled draws: the same number of labeled cases, drawn with seeds 2, 3, ... from the "
+                        "training cases (imagesTr + imagesUnlabeled); the test set stays; draw 1 is the dataset as "
+                        "given (default: 1)")
+    p.add_argument("--draw-labels", default=None, metavar="FOLDER",
+                   help="with --draws > 1: the labels (<case><file_ending>) of every training case, e.g. labelsTr "
+                        "of the same source converted without --labeled; only those of each draw's labeled cases "
+                        "are used")
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
     run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np,
-                  a.reference)
+                  a.reference, a.runs, a.draws, a.draw_labels)

@@ -27,7 +27,8 @@ from nnunet_ssl.utilities.atomic import write_json, write_text
 
 TEST_PREFIX = "test_predictions_fold_"
 TEST_FOLDER = re.compile(re.escape(TEST_PREFIX) + r"(\d+|all)")
-CSV_COLUMNS = (["dataset", "n_labeled", "n_unlabeled", "trainer", "evaluation", "folds", "folds_missing", "n_cases"]
+CSV_COLUMNS = (["dataset", "n_labeled", "n_unlabeled", "trainer", "evaluation", "draw", "run", "folds", "folds_missing",
+                "n_cases"]
                + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
                + ["Dice_fold_std", "Dice_median", "failed_cases", "epochs", "iterations_per_epoch", "s_per_epoch",
                   "s_per_iter", "peak_rss_gb", "peak_gpu_gb"])
@@ -182,19 +183,22 @@ def markdown(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
 
 
 def table_cells(rows: List[dict]):
-    """(header, rows of cell strings) of the leaderboard table (Markdown and report.html)."""
-    header = ["dataset (labeled/unlabeled)", "trainer", "evaluation", "cases", "Dice", "Jaccard", "HD95 mm",
-              "ASSD mm", "NSD", "HD95 vox", "ASSD vox", "median Dice", f"Dice < {FAILED_DICE}", "s/iter",
-              "s/epoch", "peak RAM GB"]
+    """(header, rows of cell strings) of the leaderboard table (Markdown and report.html); draw and run columns
+    where rows have them (the benchmark's --draws, --runs)."""
+    repeats = any(r.get("draw") is not None for r in rows)
+    header = ["dataset (labeled/unlabeled)", "trainer", "evaluation"] + (["draw", "run"] if repeats else []) + [
+        "cases", "Dice", "Jaccard", "HD95 mm", "ASSD mm", "NSD", "HD95 vox", "ASSD vox", "median Dice",
+        f"Dice < {FAILED_DICE}", "s/iter", "s/epoch", "peak RAM GB"]
     table = []
     for r in rows:
+        first = [f"{r['dataset']} ({r['n_labeled']}/{r['n_unlabeled']})", r["trainer"],
+                 r["evaluation"] + (f", missing folds {r['folds_missing']}" if r.get("folds_missing")
+                                    and "Dice_mean" in r else "")]
+        first += [str(r.get("draw", "")), str(r.get("run", ""))] if repeats else []
         if "Dice_mean" not in r:
-            cells = [f"{r['dataset']} ({r['n_labeled']}/{r['n_unlabeled']})", r["trainer"], r["evaluation"],
-                     f"no results; missing folds: {r['folds_missing']}"] + [""] * (len(header) - 4)
+            cells = first + [f"no results; missing folds: {r['folds_missing']}"] + [""] * (len(header) - len(first) - 1)
         else:
-            cells = [f"{r['dataset']} ({r['n_labeled']}/{r['n_unlabeled']})", r["trainer"],
-                     r["evaluation"] + (f", missing folds {r['folds_missing']}" if r.get("folds_missing") else ""),
-                     str(r["n_cases"])]
+            cells = first + [str(r["n_cases"])]
             for m in METRICS:
                 digits = 4 if HIGHER_IS_BETTER[m] else 2
                 cells.append(f"{r[m + '_mean']:.{digits}f} ± {r[m + '_std']:.{digits}f}")
@@ -231,14 +235,23 @@ def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
     write_text(path, text.getvalue())
 
 
+def repeats_markdown(summary: List[dict]) -> str:
+    """The table over runs and draws (statistics.repeat_summary) under a heading line, with its note."""
+    from nnunet_ssl.evaluation.statistics import REPEATS_NOTE, repeat_cells
+
+    return f"Over runs and draws\n\n{markdown(*repeat_cells(summary))}\n\n{REPEATS_NOTE}"
+
+
 def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboard", statistics: List[dict] = None,
                       figures: Dict[str, str] = None, training_curves: Dict[str, str] = None,
-                      commands: Sequence = ()) -> Dict[str, str]:
+                      commands: Sequence = (), repeats: List[dict] = None) -> Dict[str, str]:
     """Into `out_folder`: leaderboard.md (with the paired statistics), leaderboard.csv, paired_statistics.csv and
     .json, dice_per_case.png, (several label budgets) dice_vs_labeled.png, and report.html with all of them,
     `figures` (heading -> PNG, e.g. overlays), `training_curves` (label -> fold folder; None: those of the rows'
     models and folds) and `commands`.
-    `statistics`: nnunet_ssl.evaluation.statistics.paired_statistics(rows) (None: computed here)."""
+    `statistics`: nnunet_ssl.evaluation.statistics.paired_statistics(rows) (None: computed here).
+    `repeats`: statistics.repeat_summary(rows) of a benchmark with runs and draws: first in leaderboard.md and
+    report.html, and repeats.json."""
     from nnunet_ssl.evaluation.report import write_report
     from nnunet_ssl.evaluation.statistics import STAT_KEYS, paired_statistics
 
@@ -248,7 +261,11 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
              "paired_csv": os.path.join(out_folder, "paired_statistics.csv"),
              "paired_json": os.path.join(out_folder, "paired_statistics.json")}
     paired = f"\n\n## {statistics_markdown(statistics)}" if statistics else ""
-    write_text(files["markdown"], f"# {title}\n\n{markdown_table(rows)}\n\n{LEADERBOARD_NOTE}{paired}\n")
+    over = f"## {repeats_markdown(repeats)}\n\n## Each draw and run\n\n" if repeats else ""
+    write_text(files["markdown"], f"# {title}\n\n{over}{markdown_table(rows)}\n\n{LEADERBOARD_NOTE}{paired}\n")
+    if repeats:
+        files["repeats"] = os.path.join(out_folder, "repeats.json")
+        write_json(files["repeats"], repeats)
     _write_csv(files["csv"], CSV_COLUMNS, rows)
     _write_csv(files["paired_csv"], STAT_KEYS, statistics)
     write_json(files["paired_json"], statistics)
@@ -263,7 +280,7 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
                 _plot_vs_labeled(scored, os.path.join(out_folder, "dice_vs_labeled.png"))
     curves = training_curve_folders(rows) if training_curves is None else training_curves
     files["report"] = write_report(os.path.join(out_folder, "report.html"), title, rows, statistics,
-                                   {**plots, **(figures or {})}, curves, commands)
+                                   {**plots, **(figures or {})}, curves, commands, repeats=repeats or ())
     return files
 
 
@@ -352,7 +369,7 @@ def main(argv=None):
     a = parser().parse_args(argv)
     cache = os.path.join(a.o, "summaries")
     rows = [r for d in a.d for r in collect(d, a.c, a.tr, a.p, a.results, a.nsd_tolerance, a.np, cache_folder=cache)]
-    statistics = paired_statistics(rows, a.reference)
+    statistics = paired_statistics(rows, a.reference, unpaired="warn")  # e.g. an unfinished cross-validation
     files = write_leaderboard(rows, a.o, f"Leaderboard: {', '.join(a.d)} {a.c}", statistics,
                               commands=["nnunet_ssl leaderboard " + shlex.join(argv)])
     print(markdown_table(rows) + (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))

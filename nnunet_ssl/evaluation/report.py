@@ -114,7 +114,7 @@ def _command_text(command: Union[str, Sequence[str]]) -> str:
 def write_report(path: str, title: str, rows: Sequence[dict] = (), statistics: Sequence[dict] = (),
                  figures: Optional[Mapping[str, str]] = None, training_curves: Optional[Mapping[str, str]] = None,
                  commands: Sequence[Union[str, Sequence[str]]] = (), versions: Optional[Mapping[str, str]] = None,
-                 notes: Sequence[str] = ()) -> str:
+                 notes: Sequence[str] = (), repeats: Sequence[dict] = ()) -> str:
     """Write the page to `path` (atomically) and return `path`.
 
     rows: leaderboard rows (nnunet_ssl.evaluation.leaderboard.collect or make_row), shown as the leaderboard table;
@@ -124,21 +124,26 @@ def write_report(path: str, title: str, rows: Sequence[dict] = (), statistics: S
         trainer does not write, e.g. nnUNetTrainer's progress_ssl.png, is left out);
     commands: the command lines that made the results (strings, or argument lists: quoted here);
     versions: name -> version (default: software_versions());
-    notes: paragraphs of plain text under the title.
+    notes: paragraphs of plain text under the title;
+    repeats: nnunet_ssl.evaluation.statistics.repeat_summary(rows) (a benchmark's runs and draws), shown first.
     A figure whose file does not exist is named as missing, not skipped silently."""
     from nnunet_ssl.evaluation.leaderboard import LEADERBOARD_NOTE, table_cells
-    from nnunet_ssl.evaluation.statistics import DIFFERENCE_COLUMN, INTERVAL_COLUMN, STATISTICS_NOTE, statistics_cells
+    from nnunet_ssl.evaluation.statistics import (DIFFERENCE_COLUMN, INTERVAL_COLUMN, REPEATS_NOTE, STATISTICS_NOTE,
+                                                  repeat_cells, statistics_cells)
 
     versions = software_versions() if versions is None else versions
     sections = []  # (anchor, heading, body)
+    if repeats:
+        sections.append(("repeats", "Over runs and draws", html_table(*repeat_cells(list(repeats))) +
+                         f"<p class=\"note\">{_e(REPEATS_NOTE)}</p>"))
     if rows:
         sections.append(("results", "Results", html_table(*table_cells(list(rows))) +
                          f"<p class=\"note\">{_e(LEADERBOARD_NOTE)}</p>"))
     if statistics:
         header, cells = statistics_cells(statistics)
         difference, interval = header.index(DIFFERENCE_COLUMN), header.index(INTERVAL_COLUMN)
-        marks = [{difference: "gain", interval: "gain"} if s["ci_low"] > 0 else
-                 {difference: "loss", interval: "loss"} if s["ci_high"] < 0 else {} for s in statistics]
+        marks = [{} if not s.get("paired", True) else {difference: "gain", interval: "gain"} if s["ci_low"] > 0
+                 else {difference: "loss", interval: "loss"} if s["ci_high"] < 0 else {} for s in statistics]
         sections.append(("statistics", f"Paired differences to {statistics[0]['reference']}",
                          html_table(header, cells, marks) + f"<p class=\"note\">{_e(STATISTICS_NOTE)} Green / red: "
                          f"the interval lies above / below 0.</p>"))

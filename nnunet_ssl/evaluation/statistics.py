@@ -11,9 +11,18 @@ case's Dice being its mean over the foreground labels:
 - better, worse: cases with d_i > CHANGE_DICE, d_i < -CHANGE_DICE (5 Dice points);
 - failed, failed_reference: cases with Dice < FAILED_DICE of the trainer and of the reference; rescued: cases
   the reference failed and the trainer did not; newly_failed: the other way round.
-Cases are paired by case id (the file name); two trainers with different case sets are an error, not a
-comparison of whatever overlaps.
+Cases are paired by case id (the file name); two trainers with different case sets are not compared (an error,
+or with unpaired="warn" an entry marked not paired and a warning), never a comparison of whatever overlaps.
+
+Repeats (`nnunet_ssl benchmark --runs --draws`): rows carrying "draw" and "run" are compared within the same
+draw and run; pooled_statistics pools the pairs (same case, same draw, same run) of all of them. Its counts
+(better, worse, failed, ...) count pairs; since every draw and run has the same test cases, its bootstrap interval
+and Wilcoxon test use each test case's mean difference over the draws and runs (the case is the independent
+unit; treating its draws and runs as independent cases would make the interval too narrow). repeat_summary gives
+each trainer's mean, standard deviation (ddof 1) and range of its results' mean Dice, median Dice and failed cases
+over the draws and runs.
 """
+import sys
 import warnings
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -27,9 +36,11 @@ N_RESAMPLES = 10000
 CONFIDENCE = 0.95
 DIFFERENCE_COLUMN = "mean difference (points)"
 INTERVAL_COLUMN = f"{int(CONFIDENCE * 100)}% bootstrap CI"
-STAT_KEYS = ("dataset", "evaluation", "trainer", "reference", "n_cases", "Dice_mean", "Dice_mean_reference",
-             "mean_difference", "median_difference", "ci_low", "ci_high", "wilcoxon_p", "better", "worse",
-             "failed", "failed_reference", "rescued", "newly_failed")
+STAT_KEYS = ("dataset", "evaluation", "draw", "run", "trainer", "reference", "paired", "n_cases", "n_units",
+             "Dice_mean", "Dice_mean_reference", "mean_difference", "median_difference", "ci_low", "ci_high",
+             "wilcoxon_p", "better", "worse", "failed", "failed_reference", "rescued", "newly_failed", "note")
+POOLED = "all"  # the draw and run of the entries pooled over all draws and runs
+REPEAT_METRICS = ("Dice_mean", "Dice_median", "failed_cases")
 
 
 class StatisticsError(UserError):
@@ -62,27 +73,44 @@ def wilcoxon_p(differences: np.ndarray) -> float:
         return float(wilcoxon(differences).pvalue)
 
 
-def paired_difference(dice: Mapping[str, float], reference: Mapping[str, float], n_resamples: int = N_RESAMPLES,
-                      seed: int = 0, what: str = "trainer", reference_name: str = "reference") -> dict:
-    """Statistics of `dice` against `reference` (case id -> Dice, the same case ids); see the module text."""
-    if set(dice) != set(reference):
-        only = sorted(set(dice) - set(reference))
-        lacking = sorted(set(reference) - set(dice))
-        raise StatisticsError(
-            f"{what} and {reference_name} were evaluated on different cases, so they cannot be paired: "
+def case_mismatch(dice: Mapping, reference: Mapping, what: str = "trainer",
+                  reference_name: str = "reference") -> Optional[str]:
+    """None if both have the same case ids, else what differs (counts and examples of each side)."""
+    if set(dice) == set(reference):
+        return None
+    only, lacking = sorted(set(dice) - set(reference)), sorted(set(reference) - set(dice))
+    return (f"{what} and {reference_name} were evaluated on different cases, so they cannot be paired: "
             f"{len(only)} only in {what} (e.g. {only[:3]}), {len(lacking)} only in {reference_name} "
-            f"(e.g. {lacking[:3]}); compare predictions of the same cases (same test set, same folds)")
+            f"(e.g. {lacking[:3]})")
+
+
+def paired_difference(dice: Mapping[str, float], reference: Mapping[str, float], n_resamples: int = N_RESAMPLES,
+                      seed: int = 0, what: str = "trainer", reference_name: str = "reference",
+                      unit=None) -> dict:
+    """Statistics of `dice` against `reference` (case id -> Dice, the same case ids); see the module text.
+    `unit(case id)`: the independent unit of a case (default: the case itself); the bootstrap interval and the
+    Wilcoxon test use each unit's mean difference."""
+    mismatch = case_mismatch(dice, reference, what, reference_name)
+    if mismatch:
+        raise StatisticsError(mismatch + "; compare predictions of the same cases (same test set, same folds)")
     if not dice:
         raise StatisticsError(f"{what}: no cases to compare")
     cases = sorted(dice)
     a = np.array([dice[c] for c in cases], dtype=float)
     r = np.array([reference[c] for c in cases], dtype=float)
     d = a - r
-    low, high = bootstrap_interval(d, n_resamples, seed=seed)
+    units = d
+    if unit is not None:
+        groups: Dict = {}
+        for c, value in zip(cases, d):
+            groups.setdefault(unit(c), []).append(value)
+        units = np.array([np.mean(v) for _, v in sorted(groups.items())])
+    low, high = bootstrap_interval(units, n_resamples, seed=seed)
     counted = np.round(d, 9)  # 0.95 - 0.90 is 0.05000000000000004: not more than 5 points
-    return {"n_cases": len(cases), "Dice_mean": float(a.mean()), "Dice_mean_reference": float(r.mean()),
-            "mean_difference": float(d.mean()), "median_difference": float(np.median(d)), "ci_low": low,
-            "ci_high": high, "wilcoxon_p": wilcoxon_p(d), "better": int(np.sum(counted > CHANGE_DICE)),
+    return {"n_cases": len(cases), "n_units": int(units.size), "Dice_mean": float(a.mean()),
+            "Dice_mean_reference": float(r.mean()), "mean_difference": float(d.mean()),
+            "median_difference": float(np.median(d)), "ci_low": low, "ci_high": high,
+            "wilcoxon_p": wilcoxon_p(units), "better": int(np.sum(counted > CHANGE_DICE)),
             "worse": int(np.sum(counted < -CHANGE_DICE)), "failed": int(np.sum(a < FAILED_DICE)),
             "failed_reference": int(np.sum(r < FAILED_DICE)),
             "rescued": int(np.sum((r < FAILED_DICE) & (a >= FAILED_DICE))),
@@ -94,36 +122,131 @@ def default_reference(trainers: Sequence[str]) -> str:
     return "nnUNetTrainer" if "nnUNetTrainer" in trainers else trainers[0]
 
 
-def paired_statistics(rows: Sequence[dict], reference: Optional[str] = None, n_resamples: int = N_RESAMPLES,
-                      seed: int = 0) -> List[dict]:
-    """One entry (STAT_KEYS) per trainer other than the reference, for each (dataset, evaluation) that has the
-    reference. `rows` are leaderboard rows; those with per-case Dice ("case_ids", "case_dice") are used."""
-    scored = [r for r in rows if "case_dice" in r]
+def _reference_of(scored: Sequence[dict], reference: Optional[str]) -> Optional[str]:
     trainers = list(dict.fromkeys(r["trainer"] for r in scored))
     if not trainers:
-        return []
+        return None
     if reference is None:
-        reference = default_reference(trainers)
-    elif reference not in trainers:
+        return default_reference(trainers)
+    if reference not in trainers:
         raise StatisticsError(f"reference trainer {reference!r} has no evaluated cases here; trainers with "
                               f"results: {', '.join(trainers)}")
+    return reference
+
+
+def paired_statistics(rows: Sequence[dict], reference: Optional[str] = None, n_resamples: int = N_RESAMPLES,
+                      seed: int = 0, unpaired: str = "error") -> List[dict]:
+    """One entry (STAT_KEYS) per trainer other than the reference, for each (dataset, evaluation, draw, run) that
+    has the reference. `rows` are leaderboard rows; those with per-case Dice ("case_ids", "case_dice") are used.
+    A trainer evaluated on other cases than the reference: a StatisticsError (unpaired="error"), or
+    (unpaired="warn") an entry with paired False and the reason in "note", and a warning on stderr."""
+    scored = [r for r in rows if "case_dice" in r]
+    reference = _reference_of(scored, reference)
     groups: Dict[tuple, List[dict]] = {}
     for r in scored:
-        groups.setdefault((r["dataset"], r["evaluation"]), []).append(r)
+        groups.setdefault((r["dataset"], r["evaluation"], r.get("draw"), r.get("run")), []).append(r)
     result = []
-    for (dataset, evaluation), group in groups.items():
+    for (dataset, evaluation, draw, run), group in groups.items():
         references = [r for r in group if r["trainer"] == reference]
         if not references:
             continue
         ref_dice = _per_case(references[0])
+        where = ", ".join([dataset, evaluation] + ([f"draw {draw}, run {run}"] if draw is not None else []))
         for r in group:
             if r["trainer"] == reference:
                 continue
-            stats = paired_difference(_per_case(r), ref_dice, n_resamples, seed,
-                                      what=f"{r['trainer']} ({dataset}, {evaluation})", reference_name=reference)
-            result.append({"dataset": dataset, "evaluation": evaluation, "trainer": r["trainer"],
-                           "reference": reference, **stats})
+            entry = {"dataset": dataset, "evaluation": evaluation, "draw": draw, "run": run, "trainer": r["trainer"],
+                     "reference": reference}
+            dice, what = _per_case(r), f"{r['trainer']} ({where})"
+            mismatch = case_mismatch(dice, ref_dice, what, reference)
+            if mismatch and unpaired == "warn":
+                print(f"warning: {mismatch}; this group is marked not paired (e.g. an unfinished cross-validation)",
+                      file=sys.stderr)
+                result.append({**entry, "paired": False, "n_cases": len(dice), "note": "not paired: " + mismatch})
+                continue
+            stats = paired_difference(dice, ref_dice, n_resamples, seed, what=what, reference_name=reference)
+            result.append({**entry, "paired": True, **stats, "note": ""})
     return result
+
+
+def pooled_statistics(rows: Sequence[dict], reference: Optional[str] = None, n_resamples: int = N_RESAMPLES,
+                      seed: int = 0) -> List[dict]:
+    """Per trainer other than the reference and evaluation: the pairs (same case, same draw, same run) of all
+    draws and runs of the rows that carry "draw" and "run" pooled (draw and run: POOLED); see the module text.
+    Only (draw, run) with both trainers count; different case sets within one are an error."""
+    scored = [r for r in rows if "case_dice" in r and r.get("draw") is not None]
+    reference = _reference_of(scored, reference)
+    references = {(r["evaluation"], r["draw"], r["run"]): _per_case(r) for r in scored if r["trainer"] == reference}
+    pooled: Dict[tuple, tuple] = {}  # (trainer, evaluation) -> ({(draw, run, case): Dice}, the reference's)
+    for r in scored:
+        key = (r["evaluation"], r["draw"], r["run"])
+        if r["trainer"] == reference or key not in references:
+            continue
+        dice, ref = pooled.setdefault((r["trainer"], r["evaluation"]), ({}, {}))
+        mine = _per_case(r)
+        mismatch = case_mismatch(mine, references[key], f"{r['trainer']} (draw {r['draw']}, run {r['run']})",
+                                 reference)
+        if mismatch:
+            raise StatisticsError(mismatch)
+        dice.update({(str(r["draw"]), str(r["run"]), c): v for c, v in mine.items()})
+        ref.update({(str(r["draw"]), str(r["run"]), c): v for c, v in references[key].items()})
+    result = []
+    for (trainer, evaluation), (dice, ref) in pooled.items():
+        n_groups = len({k[:2] for k in dice})
+        stats = paired_difference(dice, ref, n_resamples, seed, what=trainer, reference_name=reference,
+                                  unit=lambda key: key[2])
+        result.append({"dataset": f"all draws ({n_groups} draw x run)", "evaluation": evaluation, "draw": POOLED,
+                       "run": POOLED, "trainer": trainer, "reference": reference, "paired": True, **stats,
+                       "note": "pooled: pairs of the same case in the same draw and run; interval and Wilcoxon "
+                               "over the test cases' mean differences"})
+    return result
+
+
+def repeat_summary(rows: Sequence[dict]) -> List[dict]:
+    """Per (trainer, evaluation) of the rows with results: over its draws and runs, the number of results, the
+    draws, and each of REPEAT_METRICS' mean, std (ddof 1; 0 for one result), min and max; and the mean Dice and
+    failed cases of each draw (mean over its runs)."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        if "Dice_mean" in r:
+            groups.setdefault((r["trainer"], r["evaluation"]), []).append(r)
+    result = []
+    for (trainer, evaluation), group in groups.items():
+        entry = {"trainer": trainer, "evaluation": evaluation, "n_results": len(group),
+                 "draws": sorted({r.get("draw", 1) for r in group}),
+                 "runs": sorted({r.get("run", 1) for r in group})}
+        for m in REPEAT_METRICS:
+            values = np.array([r[m] for r in group], dtype=float)
+            entry.update({f"{m}_mean": float(values.mean()),
+                          f"{m}_std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                          f"{m}_min": float(values.min()), f"{m}_max": float(values.max())})
+        for m in ("Dice_mean", "failed_cases"):
+            entry[f"{m}_per_draw"] = {str(d): float(np.mean([r[m] for r in group if r.get("draw", 1) == d]))
+                                      for d in entry["draws"]}
+        result.append(entry)
+    return result
+
+
+def repeat_cells(summary: Sequence[dict]):
+    """(header, rows of cell strings) of the table over runs and draws."""
+    header = ["trainer", "evaluation", "draws x runs", "mean Dice", "mean Dice min-max", "median Dice",
+              "median Dice min-max", f"failed (< {FAILED_DICE})", "failed min-max", "mean Dice per draw",
+              "failed per draw"]
+    cells = []
+    for s in summary:
+        row = [s["trainer"], s["evaluation"], f"{len(s['draws'])} x {len(s['runs'])} ({s['n_results']} results)"]
+        for m, digits, range_digits in (("Dice_mean", 4, 4), ("Dice_median", 4, 4), ("failed_cases", 1, 0)):
+            row += [f"{s[m + '_mean']:.{digits}f} ± {s[m + '_std']:.{digits}f}",
+                    f"{s[m + '_min']:.{range_digits}f} - {s[m + '_max']:.{range_digits}f}"]
+        row += [" / ".join(f"{v:.4f}" for v in s["Dice_mean_per_draw"].values()),
+                " / ".join(f"{v:g}" for v in s["failed_cases_per_draw"].values())]
+        cells.append(row)
+    return header, cells
+
+
+REPEATS_NOTE = ("Over the draws (labeled cases drawn with different seeds; draw 1: the dataset as given) and the "
+                "runs (independent trainings): mean ± standard deviation (ddof 1) and range of each result's mean "
+                "Dice, median Dice and failed cases; per draw: the mean over its runs, draws in order 1, 2, ...")
 
 
 def _per_case(row: dict) -> Dict[str, float]:
@@ -138,16 +261,27 @@ def _p(value: float) -> str:
 
 
 def statistics_cells(stats: Sequence[dict]):
-    """(header, rows of cell strings) of the paired-statistics table; differences in Dice points."""
-    header = ["dataset", "evaluation", "trainer", "reference", "cases", "mean Dice", "reference mean Dice",
-              DIFFERENCE_COLUMN, INTERVAL_COLUMN, "Wilcoxon p",
-              f"better > {CHANGE_DICE * 100:g}", f"worse > {CHANGE_DICE * 100:g}", f"failed (< {FAILED_DICE})",
-              "failed reference", "rescued", "newly failed"]
-    cells = [[s["dataset"], s["evaluation"], s["trainer"], s["reference"], str(s["n_cases"]), f"{s['Dice_mean']:.4f}",
-              f"{s['Dice_mean_reference']:.4f}", f"{100 * s['mean_difference']:+.2f}",
-              f"[{100 * s['ci_low']:+.2f}, {100 * s['ci_high']:+.2f}]", _p(s["wilcoxon_p"]), str(s["better"]),
-              str(s["worse"]), str(s["failed"]), str(s["failed_reference"]), str(s["rescued"]),
-              str(s["newly_failed"])] for s in stats]
+    """(header, rows of cell strings) of the paired-statistics table; differences in Dice points. Draw and run
+    columns where entries have them; an entry that is not paired says so instead of numbers."""
+    repeats = any(s.get("draw") is not None for s in stats)
+    header = ["dataset", "evaluation"] + (["draw", "run"] if repeats else []) + [
+        "trainer", "reference", "cases", "mean Dice", "reference mean Dice", DIFFERENCE_COLUMN, INTERVAL_COLUMN,
+        "Wilcoxon p", f"better > {CHANGE_DICE * 100:g}", f"worse > {CHANGE_DICE * 100:g}",
+        f"failed (< {FAILED_DICE})", "failed reference", "rescued", "newly failed"]
+    cells = []
+    for s in stats:
+        row = [s["dataset"], s["evaluation"]] + ([str(s.get("draw", "")), str(s.get("run", ""))] if repeats else []) \
+            + [s["trainer"], s["reference"]]
+        if not s.get("paired", True):
+            cells.append(row + [str(s["n_cases"]), s["note"]] + [""] * (len(header) - len(row) - 2))
+            continue
+        units = s.get("n_units", s["n_cases"])
+        cells.append(row + [str(s["n_cases"]) + (f" pairs ({units} cases)" if units != s["n_cases"] else ""),
+                            f"{s['Dice_mean']:.4f}", f"{s['Dice_mean_reference']:.4f}",
+                            f"{100 * s['mean_difference']:+.2f}",
+                            f"[{100 * s['ci_low']:+.2f}, {100 * s['ci_high']:+.2f}]", _p(s["wilcoxon_p"]),
+                            str(s["better"]), str(s["worse"]), str(s["failed"]), str(s["failed_reference"]),
+                            str(s["rescued"]), str(s["newly_failed"])])
     return header, cells
 
 
@@ -155,5 +289,7 @@ STATISTICS_NOTE = (f"Paired per-case differences of test or cross-validation Dic
                    f"points), cases paired by id; {int(CONFIDENCE * 100)}% CI: percentile bootstrap of the mean "
                    f"difference ({N_RESAMPLES} resamples, seeded); Wilcoxon: two-sided signed-rank test; better / "
                    f"worse: cases more than {CHANGE_DICE * 100:g} points above / below the reference; rescued: "
-                   f"failed (Dice < {FAILED_DICE}) by the reference, not by the trainer; newly failed: the reverse.")
+                   f"failed (Dice < {FAILED_DICE}) by the reference, not by the trainer; newly failed: the reverse. "
+                   f"Draw and run {POOLED}: the pairs of every draw and run pooled, interval and Wilcoxon over each test "
+                   f"case's mean difference. Not paired: the two were evaluated on different cases.")
 

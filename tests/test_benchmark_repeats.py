@@ -1,0 +1,325 @@
+"""The benchmark's repeats (issue 21): labeled draws built from a raw dataset, statistics over runs and draws,
+the leaderboard with an unfinished trainer, and the benchmark's runs x draws layout (commands faked: no
+training)."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_safety_evaluation import tree
+
+# ---------------------------------------------------------------------- labeled draws
+CANDIDATES = ["c0", "c1", "u0", "u1", "u2", "u3"]
+
+
+def _png(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def _mask(i, shape=(8, 8)):
+    m = np.zeros(shape, np.uint8)
+    m[i % 8, :] = 1  # every case's label is different
+    return m
+
+
+def _fake_raw(root):
+    """A raw dataset: c0, c1 labeled, u0..u3 unlabeled, t0, t1 test (8x8 grey PNGs); and a folder with the labels
+    of all six training cases (c0, c1 as in labelsTr)."""
+    raw, labels = os.path.join(root, "Dataset950_Fake"), os.path.join(root, "all_labels")
+    for i, case in enumerate(CANDIDATES):
+        sub = "imagesTr" if case.startswith("c") else "imagesUnlabeled"
+        _png(os.path.join(raw, sub, f"{case}_0000.png"), np.full((8, 8), 10 * i))
+        if case.startswith("c"):
+            _png(os.path.join(raw, "labelsTr", f"{case}.png"), _mask(i))
+        _png(os.path.join(labels, f"{case}.png"), _mask(i))
+    for i in range(2):
+        _png(os.path.join(raw, "imagesTs", f"t{i}_0000.png"), np.full((8, 8), 200 + i))
+        _png(os.path.join(raw, "labelsTs", f"t{i}.png"), _mask(7 - i))
+    with open(os.path.join(raw, "dataset.json"), "w") as f:
+        json.dump({"channel_names": {"0": "grey"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 2,
+                   "file_ending": ".png"}, f)
+    return raw, labels
+
+
+def _label_of(folder, case):
+    return np.array(Image.open(os.path.join(folder, case + ".png")))
+
+
+def test_draws_redistribute_the_training_cases_keep_the_test_set_and_leave_the_source_untouched(tmp_path):
+    from nnunet_ssl.data.splits import build_draw, draw_labeled_cases
+
+    raw, labels = _fake_raw(str(tmp_path))
+    source, label_source = tree(raw), tree(labels)
+    moved_out = moved_in = 0
+    for draw in range(2, 7):
+        target = str(tmp_path / "draws" / f"Dataset950_Fake_draw{draw}")
+        record = build_draw(raw, target, draw, labels)
+        labeled = sorted(f[:-4] for f in os.listdir(os.path.join(target, "labelsTr")))
+        images = sorted(f[:-9] for f in os.listdir(os.path.join(target, "imagesTr")))
+        pool = sorted(f[:-9] for f in os.listdir(os.path.join(target, "imagesUnlabeled")))
+        assert labeled == images == record["labeled"] == draw_labeled_cases(CANDIDATES, 2, draw)
+        assert len(labeled) == 2 and sorted(labeled + pool) == CANDIDATES and not set(labeled) & set(pool)
+        assert record["moved_to_unlabeled"] == sorted({"c0", "c1"} - set(labeled))
+        assert record["newly_labeled"] == sorted(set(labeled) - {"c0", "c1"})
+        moved_out += len(record["moved_to_unlabeled"])
+        moved_in += len(record["newly_labeled"])
+        for case in labeled:  # the source's labels where it has them, else the label folder's
+            assert np.array_equal(_label_of(os.path.join(target, "labelsTr"), case), _mask(CANDIDATES.index(case)))
+        # the labels of the cases moved to the pool are nowhere in the draw
+        for case in record["moved_to_unlabeled"]:
+            for folder, _, files in os.walk(target):
+                for f in files:
+                    for theirs in (os.path.join(raw, "labelsTr", case + ".png"), os.path.join(labels, case + ".png")):
+                        assert not os.path.samefile(os.path.join(folder, f), theirs)
+        for sub in ("imagesTs", "labelsTs"):  # the same test set, the same files
+            assert sorted(os.listdir(os.path.join(target, sub))) == sorted(os.listdir(os.path.join(raw, sub)))
+            for f in os.listdir(os.path.join(raw, sub)):
+                assert os.path.samefile(os.path.join(target, sub, f), os.path.join(raw, sub, f))
+        dataset_json = json.load(open(os.path.join(target, "dataset.json")))
+        assert dataset_json["numTraining"] == 2 and json.load(open(os.path.join(target, "draw.json"))) == record
+        assert record["test"] == ["t0", "t1"] and build_draw(raw, target, draw, labels) == record  # kept
+    assert moved_out > 0 and moved_in > 0  # the draws do change the labeled cases
+    assert draw_labeled_cases(CANDIDATES, 2, 2) != draw_labeled_cases(CANDIDATES, 2, 3)
+    assert tree(raw) == source and tree(labels) == label_source
+
+
+def test_a_draw_is_written_completely_or_not_at_all_and_bad_label_folders_are_named(tmp_path, monkeypatch):
+    from nnunet_ssl.data.splits import SplitError, build_draw, draw_labeled_cases
+    from nnunet_ssl.utilities import atomic
+
+    raw, labels = _fake_raw(str(tmp_path))
+    draw = next(d for d in range(2, 20) if set(draw_labeled_cases(CANDIDATES, 2, d)) - {"c0", "c1"})
+    new = sorted(set(draw_labeled_cases(CANDIDATES, 2, draw)) - {"c0", "c1"})[0]
+    parent = tmp_path / "draws"
+    target = str(parent / "Dataset950_Fake_draw")
+    calls = []
+    real_link = atomic.link_file
+
+    def dies_on_the_fourth_file(src, dst, copy_fallback=False):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real_link(src, dst, copy_fallback)
+
+    monkeypatch.setattr(atomic, "link_file", dies_on_the_fourth_file)
+    with pytest.raises(KeyboardInterrupt):
+        build_draw(raw, target, draw, labels)
+    assert os.listdir(parent) == []  # no draw, no hidden half-written one
+    monkeypatch.setattr(atomic, "link_file", real_link)
+
+    missing = tmp_path / "missing"
+    os.makedirs(missing)
+    for f in os.listdir(labels):
+        if f != new + ".png":
+            os.link(os.path.join(labels, f), missing / f)
+    with pytest.raises(SplitError, match=rf"{missing}: no label of 1 case.*{new}\.png"):
+        build_draw(raw, target, draw, str(missing))
+    other = tmp_path / "other"  # labels of other data: c0's differs from the source's
+    os.makedirs(other)
+    for f in os.listdir(labels):
+        _png(str(other / f), _label_of(labels, f[:-4]) if f != "c0.png" else _mask(5))
+    with pytest.raises(SplitError, match=rf"other.c0\.png differs from .*labelsTr.c0\.png"):
+        build_draw(raw, target, draw, str(other))
+    _png(str(other / "c0.png"), _mask(0))
+    _png(str(other / f"{new}.png"), np.zeros((4, 8)))
+    with pytest.raises(SplitError, match=rf"{new}\.png: shape \(1, 4, 8\), its image .* has shape \(1, 8, 8\)"):
+        build_draw(raw, target, draw, str(other))
+    assert not os.path.exists(target)
+
+
+# ---------------------------------------------------------------------- statistics over runs and draws
+def _row(trainer, dice, draw, run, cases=None):
+    cases = cases or [f"t{i}.png" for i in range(len(dice))]
+    return {"trainer": trainer, "dataset": f"D_draw{draw}", "evaluation": "test (fold all)", "draw": draw, "run": run,
+            "case_ids": cases, "case_dice": list(dice), "Dice_mean": float(np.mean(dice)),
+            "Dice_median": float(np.median(dice)), "failed_cases": int(np.sum(np.array(dice) < 0.8))}
+
+
+def _repeated_rows():
+    # the reference differs a lot between draws and runs; B is 0.1 above it on every case of every draw and run,
+    # so each pair (same case, same draw, same run) is +0.1, while pairing across runs would give losses
+    reference = {(1, 1): [0.9, 0.5, 0.75], (1, 2): [0.3, 0.85, 0.6], (2, 1): [0.8, 0.8, 0.2], (2, 2): [0.4, 0.6, 0.85]}
+    rows = []
+    for (draw, run), dice in reference.items():
+        rows += [_row("nnUNetTrainer", dice, draw, run), _row("B", [d + 0.1 for d in dice], draw, run)]
+    return rows, reference
+
+
+def test_statistics_per_draw_and_run_and_pooled_pair_the_same_case_in_the_same_draw_and_run():
+    from nnunet_ssl.evaluation.statistics import POOLED, paired_statistics, pooled_statistics
+
+    rows, _ = _repeated_rows()
+    per = paired_statistics(rows, n_resamples=200)
+    assert [(s["draw"], s["run"], s["trainer"]) for s in per] == [(1, 1, "B"), (1, 2, "B"), (2, 1, "B"), (2, 2, "B")]
+    assert all(s["mean_difference"] == pytest.approx(0.1) and s["better"] == 3 for s in per)
+    [pooled] = pooled_statistics(rows, n_resamples=200)
+    assert (pooled["draw"], pooled["run"], pooled["n_cases"], pooled["n_units"]) == (POOLED, POOLED, 12, 3)
+    assert (pooled["better"], pooled["worse"]) == (12, 0) and pooled["mean_difference"] == pytest.approx(0.1)
+    assert pooled["median_difference"] == pytest.approx(0.1)
+    assert pooled["wilcoxon_p"] == pytest.approx(2 / 2 ** 3)  # 3 test cases (the units), all positive
+    assert pooled["ci_low"] == pytest.approx(0.1) and pooled["ci_high"] == pytest.approx(0.1)
+    # failed (< 0.8) pairs of the reference, counted by hand: 0.5 0.75 | 0.3 0.6 | 0.2 | 0.4 0.6; B rescues 0.75
+    assert (pooled["failed_reference"], pooled["failed"], pooled["rescued"], pooled["newly_failed"]) == (7, 6, 1, 0)
+
+
+def test_repeat_summary_mean_std_range_and_per_draw():
+    from nnunet_ssl.evaluation.statistics import repeat_cells, repeat_summary
+
+    rows, reference = _repeated_rows()
+    summary = {s["trainer"]: s for s in repeat_summary(rows)}
+    ref = summary["nnUNetTrainer"]
+    means = [np.mean(v) for v in reference.values()]
+    assert (ref["n_results"], ref["draws"], ref["runs"]) == (4, [1, 2], [1, 2])
+    assert ref["Dice_mean_mean"] == pytest.approx(np.mean(means))
+    assert ref["Dice_mean_std"] == pytest.approx(np.std(means, ddof=1))
+    assert (ref["Dice_mean_min"], ref["Dice_mean_max"]) == pytest.approx((min(means), max(means)))
+    assert ref["Dice_median_max"] == pytest.approx(0.8)  # draw 2, run 1
+    assert ref["failed_cases_per_draw"] == {"1": 2.0, "2": 1.5} and ref["failed_cases_min"] == 1
+    assert ref["failed_cases_std"] == pytest.approx(np.std([2, 2, 1, 2], ddof=1))
+    assert ref["Dice_mean_per_draw"]["2"] == pytest.approx(np.mean(means[2:]))
+    assert summary["B"]["Dice_mean_mean"] == pytest.approx(np.mean(means) + 0.1)
+    header, cells = repeat_cells([ref])
+    assert cells[0][2] == "2 x 2 (4 results)" and cells[0][header.index("failed min-max")] == "1 - 2"
+    draw_1 = repeat_summary([r for r in rows if r["draw"] == 1])[0]
+    assert (draw_1["draws"], draw_1["runs"], draw_1["n_results"]) == ([1], [1, 2], 2)
+    one = repeat_summary([rows[0]])[0]
+    assert one["Dice_mean_std"] == 0.0 and one["n_results"] == 1
+
+
+def test_different_case_sets_are_not_paired_with_a_warning_or_an_error(capsys):
+    from nnunet_ssl.evaluation.statistics import StatisticsError, paired_statistics, pooled_statistics
+
+    rows, _ = _repeated_rows()
+    rows[3] = _row("B", [0.9, 0.9], 1, 2, cases=["t0.png", "elsewhere.png"])  # draw 1, run 2
+    with pytest.raises(StatisticsError, match=r"B \(D_draw1, test \(fold all\), draw 1, run 2\).*elsewhere\.png"):
+        paired_statistics(rows, n_resamples=100)  # the benchmark: one test set, a mismatch is an error
+    with pytest.raises(StatisticsError, match="elsewhere"):
+        pooled_statistics(rows, n_resamples=100)
+    stats = paired_statistics(rows, n_resamples=100, unpaired="warn")
+    assert [s["paired"] for s in stats] == [True, False, True, True]
+    warning = capsys.readouterr().err
+    assert "warning: B (D_draw1, test (fold all), draw 1, run 2) and nnUNetTrainer" in warning
+    assert "elsewhere.png" in warning and "t1.png" in warning and stats[1]["note"].startswith("not paired")
+
+
+def test_leaderboard_of_an_unfinished_trainer_writes_everything_and_marks_it_not_paired(tmp_path, capsys):
+    """The leaderboard command's path: one trainer's cross-validation lacks a fold, so its cases differ."""
+    from nnunet_ssl.evaluation.leaderboard import make_row, write_leaderboard
+    from nnunet_ssl.evaluation.metrics import METRICS
+    from nnunet_ssl.evaluation.statistics import paired_statistics, repeat_summary
+
+    def summary(dice):
+        fg = {m: {"mean": float(np.mean(dice)), "std": 0.1, "median": float(np.median(dice))} for m in METRICS}
+        return {"n_cases": len(dice), "foreground": fg, "failed_cases": 0, "case_mean_dice": list(dice),
+                "per_case": [{"reference_file": f"/gt/c{i}.png"} for i in range(len(dice))]}
+
+    info = {"dataset": "Dataset1_X", "n_labeled": 4, "n_unlabeled": 6, "evaluation": "cross-validation"}
+    rows = [make_row(summary([0.9, 0.8, 0.7, 0.6]), **info, trainer="nnUNetTrainer", folds="0 1"),
+            make_row(summary([0.95, 0.85]), **info, trainer="SGRS", folds="0", folds_missing="1")]
+    statistics = paired_statistics(rows, unpaired="warn", n_resamples=100)
+    assert "SGRS (Dataset1_X, cross-validation) and nnUNetTrainer" in capsys.readouterr().err
+    files = write_leaderboard(rows, str(tmp_path), statistics=statistics, training_curves={},
+                              repeats=repeat_summary(rows))
+    board = open(files["markdown"], encoding="utf-8").read()
+    assert "| SGRS | cross-validation, missing folds 1 | 2 |" in board and "not paired: SGRS" in board
+    assert "c2.png" in board and "Over runs and draws" in board
+    assert json.load(open(files["paired_json"]))[0]["paired"] is False
+    assert "not paired: SGRS" in open(files["report"], encoding="utf-8").read()
+
+
+# ---------------------------------------------------------------------- benchmark: runs x draws (faked commands)
+def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path, monkeypatch, capsys):
+    """Every command is faked (training; prediction = the ground truth, one case emptied for the second trainer in
+    draw 2; the draw's preprocessing: its commands are checked), the surface distances too (Dice is real). A second
+    call with more runs trains only the new run and rewrites only its leaderboards."""
+    import shutil
+
+    from nnunet_ssl.evaluation import benchmark, metrics
+    from nnunet_ssl.utilities import inputs
+
+    def dice_only(pred, ref, spacing, nsd_tolerance_mm=1.0):
+        both = pred.sum() + ref.sum()
+        return {m: (2 * (pred & ref).sum() / both if both else 1.0) if m == "Dice" else 0.0 for m in metrics.METRICS}
+
+    monkeypatch.setattr(metrics, "binary_metrics", dice_only)
+
+    labels = tmp_path / "all_labels"  # labels of every training case of Dataset801: labelsTr + made-up ones
+    shutil.copytree(os.path.join(dataset_2d, "labelsTr"), labels)
+    for f in os.listdir(os.path.join(dataset_2d, "imagesUnlabeled")):
+        _png(str(labels / f.replace("_0000.png", ".png")), np.pad(np.ones((20, 20)), 14))
+    source = tree(dataset_2d)
+    ran = []
+
+    def fake_run(cmd, log, env):
+        ran.append(cmd)
+        if cmd[0] == "nnUNetv2_preprocess" or "preprocess-unlabeled" in cmd:
+            assert env["nnUNet_raw"] == str(out / "draw_2" / "nnUNet_raw") and cmd[cmd.index("-d") + 1] in \
+                ("801", "Dataset801_T2D_draw2")  # the draw's own roots: id 801 names only the draw there
+            assert env["nnUNet_preprocessed"] == str(out / "draw_2" / "nnUNet_preprocessed")
+        elif "train" in cmd:
+            fold = os.path.join(env["nnUNet_results"], cmd[4], f"{cmd[cmd.index('-tr') + 1]}__nnUNetPlans__2d",
+                                "fold_all")
+            os.makedirs(fold, exist_ok=True)
+            open(os.path.join(fold, "checkpoint_final.pth"), "wb").close()
+            with open(cmd[cmd.index("--stats-json") + 1], "w") as f:
+                json.dump({"train_seconds": 1.0, "s_per_iter": 0.5, "peak_gpu_gb": 0.0}, f)
+        else:  # nnUNetv2_predict: the ground truth of the draw's test set
+            truth = os.path.join(os.path.dirname(cmd[cmd.index("-i") + 1]), "labelsTs")
+            predicted = cmd[cmd.index("-o") + 1]
+            shutil.copytree(truth, predicted)
+            if cmd[cmd.index("-tr") + 1] == "B" and "draw2" in cmd[cmd.index("-d") + 1]:
+                _png(os.path.join(predicted, sorted(os.listdir(predicted))[0]), np.zeros((48, 48)))
+        return 0.2, 1.0
+
+    monkeypatch.setattr(benchmark, "_run", fake_run)
+    monkeypatch.setattr(inputs, "trainer_class", lambda name: None)  # "B": a stand-in trainer
+    out = tmp_path / "bench"
+    args = dict(dataset="801", configuration="2d", trainers=["nnUNetTrainer", "B"], epochs=1, iterations=2,
+                out=str(out), num_processes=1, draws=2, draw_labels=str(labels))
+    with pytest.raises(benchmark.BenchmarkError, match="--draw-labels FOLDER"):
+        benchmark.run_benchmark(**{**args, "draw_labels": None})
+    benchmark.run_benchmark(**args, runs=1)
+    first = len(ran)
+    benchmark.run_benchmark(**args, runs=2)
+    trained = [(c[4], os.path.basename(os.path.dirname(c[c.index("--stats-json") + 1]))) for c in ran if "train" in c]
+    assert len([c for c in ran[first:] if "train" in c]) == 4  # only run 2: 2 trainers x 2 draws
+    assert not [c for c in ran[first:] if c[0] == "nnUNetv2_preprocess"] and len(trained) == 8
+
+    setup = json.load(open(out / "benchmark.json"))
+    draw = json.load(open(out / "draw_2" / "nnUNet_raw" / "Dataset801_T2D_draw2" / "draw.json"))
+    assert (setup["runs"], setup["draws"]) == (2, 2) and setup["labeled_cases"]["2"] == draw["labeled"]
+    assert setup["labeled_cases"]["1"] == ["case000", "case001", "case002", "case003"] != draw["labeled"]
+    pre = out / "draw_2" / "nnUNet_preprocessed" / "Dataset801_T2D_draw2"
+    plans = json.load(open(pre / "nnUNetPlans.json"))
+    ours = json.load(open(os.path.join(os.environ["nnUNet_preprocessed"], "Dataset801_T2D", "nnUNetPlans.json")))
+    assert plans == {**ours, "dataset_name": "Dataset801_T2D_draw2"}  # the same plans; results under the draw's name
+    assert json.load(open(pre / "dataset.json"))["numTraining"] == 4
+    stamps = {p: os.stat(out / p / "report.html").st_mtime_ns for p in ("draw_1/run_1", "draw_1/run_2")}
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "Over runs and draws" in report and "--runs 2 --draws 2 --draw-labels" in report
+    # again: nothing new runs, the leaderboards of the runs are kept; a record of another test set is refused
+    summary_file = json.load(open(out / "draw_2" / "run_2" / "records" / "B.json"))["summary_file"]
+    summary = json.load(open(summary_file))
+    summary["per_case"], summary["case_mean_dice"] = summary["per_case"][:1], summary["case_mean_dice"][:1]
+    with open(summary_file, "w") as f:
+        json.dump(summary, f)
+    with pytest.raises(benchmark.BenchmarkError, match=r"different test sets.*B \(draw 2, run 2\): 1 cases"):
+        benchmark.run_benchmark(**args, runs=2)
+    assert len(ran) == first + 4 * 2 and stamps == {p: os.stat(out / p / "report.html").st_mtime_ns for p in stamps}
+    for d in (1, 2):
+        for r in (1, 2):
+            record = json.load(open(out / f"draw_{d}" / f"run_{r}" / "records" / "B.json"))
+            assert (record["draw"], record["run"], record["labeled_cases"]) == (d, r, setup["labeled_cases"][str(d)])
+            assert record["Dice_mean"] == (1.0 if d == 1 else 0.5) and record["n_test"] == 2
+            assert (out / f"draw_{d}" / f"run_{r}" / "report.html").is_file()
+    paired = json.load(open(out / "paired_statistics.json"))
+    assert [(p["draw"], p["run"]) for p in paired] == [(1, 1), (2, 1), (1, 2), (2, 2), ("all", "all")]
+    assert paired[-1]["n_cases"] == 8 and paired[-1]["mean_difference"] == pytest.approx(-0.25)
+    repeats = {s["trainer"]: s for s in json.load(open(out / "repeats.json"))}
+    assert repeats["B"]["Dice_mean_per_draw"] == {"1": 1.0, "2": 0.5} and repeats["B"]["n_results"] == 4
+    board = (out / "leaderboard.md").read_text(encoding="utf-8")
+    assert "## Over runs and draws" in board and "| B | test (fold all) | 2 x 2 (4 results) | 0.7500 ± 0.2887" in board
+    assert tree(dataset_2d) == source
