@@ -52,6 +52,13 @@ def modules_by_name(trainer):
     return modules
 
 
+def target_provider(modules: dict, name: str):
+    """A module of modules_by_name, or a submodule of one by its path ("network.heads.aspp": a head of a
+    multi-head network whose argmax is another head's target)."""
+    root, _, path = name.partition(".")
+    return modules[root].get_submodule(path) if path else modules[root]
+
+
 def check_terms_on_backward(trainer, reached: dict):
     """Wrap trainer.backward: before each backward, every pending unsupervised term must have a gradient path
     into the modules it trains (recorded in `reached`; non-zero in at least one step) and none into the module
@@ -68,7 +75,7 @@ def check_terms_on_backward(trainer, reached: dict):
             grads = torch.autograd.grad(term.value, trained, retain_graph=True, allow_unused=True)
             reached[term.name] = reached.get(term.name, False) or any(
                 g is not None and bool(g.abs().sum() > 0) for g in grads)
-            provider = [p for p in modules[term.target_from].parameters()]
+            provider = [p for p in target_provider(modules, term.target_from).parameters()]
             with_grad = [p for p in provider if p.requires_grad]
             if with_grad:
                 grads = torch.autograd.grad(term.value, with_grad, retain_graph=True, allow_unused=True)
