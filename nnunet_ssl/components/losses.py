@@ -1,6 +1,8 @@
 """Unsupervised loss terms shared by the trainers."""
 import torch
 import torch.nn.functional as F
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 
 def consistency_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
@@ -11,3 +13,12 @@ def consistency_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor) ->
     if teacher_probs.requires_grad:
         raise ValueError("teacher probabilities must not require grad: compute them under torch.no_grad()")
     return F.mse_loss(student_probs.float(), teacher_probs.float())
+
+
+def hard_label_dc_ce() -> DC_and_CE_loss:
+    """nnU-Net's CE + soft Dice (DC_and_CE_loss, MemoryEfficientSoftDiceLoss) for targets that are hard label
+    maps made by a model (a teacher's pseudo label, another head's argmax): Dice per sample and class with the
+    background included (UCMT's DSCLoss), smooth 1e-5. Call it with logits (B, C, *spatial) and labels
+    (B, 1, *spatial); the labels carry no graph, so the loss trains the logits' side only."""
+    return DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": True, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)

@@ -8,15 +8,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunet_ssl.components.uncertainty import entropy
+
 _MIN_PROB = 1e-8  # floor before log: a probability of 0 would give an infinite loss and NaN gradients
 
 
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Eq. 6 divided by log C, so that one tau in [0, 1] means the same whatever the number of classes.
 
-    xlogy makes 0 log 0 = 0; the clamp removes rounding above 1, so that tau = 1 keeps every voxel."""
-    p = probs.float()
-    return (-torch.special.xlogy(p, p).sum(1) / math.log(p.shape[1])).clamp(max=1.0)
+    The clamp removes rounding above 1, so that tau = 1 keeps every voxel."""
+    return (entropy(probs) / math.log(probs.shape[1])).clamp(max=1.0)
 
 
 def entropy_threshold_for_probability(p: float) -> float:

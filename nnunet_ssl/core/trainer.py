@@ -83,7 +83,8 @@ class StepCost:
 @dataclass
 class UnsupervisedTerm:
     """One unsupervised loss term of a step, with its graph until the next backward: `trains` names the
-    optimized modules it should train, `target_from` the module (or "teacher") whose output is its target."""
+    optimized modules it should train, `target_from` the module (or "teacher") whose output is its target, or a
+    submodule of one by its path ("network.heads.aspp": another head of the same network)."""
     name: str
     value: torch.Tensor
     trains: Tuple[str, ...]
@@ -387,8 +388,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
         self.pending_terms = []
 
-    def step(self) -> None:
-        """nnU-Net's clip and optimizer step for every optimized module, then the teacher update."""
+    def step(self, ends_iteration: bool = True) -> None:
+        """nnU-Net's clip and optimizer step for every optimized module, then the teacher update. A method with
+        several optimizer steps per iteration passes ends_iteration=False to all but the last: the iteration
+        count (ramps, the EMA warm start) advances once per iteration."""
         modules = self.optimized_modules()
         for name, optimizer in self.optimizers.items():
             if self.grad_scaler is not None:
@@ -401,7 +404,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.update()
         self.update_teacher()
-        self.iteration_in_epoch += 1
+        if ends_iteration:
+            self.iteration_in_epoch += 1
 
     # ------------------------------------------------------------------ logging
     def on_train_epoch_start(self):
