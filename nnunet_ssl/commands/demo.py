@@ -20,8 +20,9 @@ DEMO_DATASET_ID = 990
 # nnUNetTrainer and the strongest trainer of the README's real-data table (PH2, 4 labeled)
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerSGRS")
 DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25
+CASES = {"n_labeled": 4, "n_unlabeled": 40, "n_test": 20}
 # --quick: the whole pipeline on a tiny dataset in about a minute; its numbers mean nothing
-QUICK = {"epochs": 1, "iterations": 2, "cases": {"n_unlabeled": 6, "n_test": 3}}
+QUICK = {"epochs": 1, "iterations": 2, "cases": {"n_labeled": 4, "n_unlabeled": 6, "n_test": 3}}
 # what the demo writes into its --out folder (--overwrite removes these, and only these)
 DEMO_OUTPUTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "results", "demo_results.md",
                 "demo_log.txt")
@@ -109,7 +110,7 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = None, iters: int = None
 
     t0 = time.time()
     folder = write_synthetic_dataset(env["nnUNet_raw"], DEMO_DATASET_ID, f"SSLDemo{dim}D", dim=dim, seed=seed,
-                                     **(QUICK["cases"] if quick else {}))
+                                     **(QUICK["cases"] if quick else CASES))
     print(f"Synthetic dataset: {folder}")
     run(["nnUNetv2_plan_and_preprocess", "-d", DEMO_DATASET_ID, "-c", configuration, "-np", "2",
          "--verify_dataset_integrity"],
@@ -131,7 +132,8 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = None, iters: int = None
         summary = evaluate_folder(os.path.join(folder, "labelsTs"), pred, dataset_json,
                                   os.path.join(pred, "summary_ssl.json"), num_processes=1)
         model = os.path.join(env["nnUNet_results"], os.path.basename(folder), f"{trainer}__nnUNetPlans__{configuration}")
-        rows.append(make_row(summary, trainer=trainer, dataset=os.path.basename(folder), n_labeled=4,
+        rows.append(make_row(summary, trainer=trainer, dataset=os.path.basename(folder),
+                             n_labeled=len(os.listdir(os.path.join(folder, "labelsTr"))),
                              n_unlabeled=len(os.listdir(os.path.join(folder, "imagesUnlabeled"))),
                              evaluation="test (fold all)", folds="all", folds_missing="", model_folder=model,
                              train_seconds=train_seconds, Dice_mean=summary["foreground"]["Dice"]["mean"],
