@@ -136,6 +136,7 @@ def main(rank: int, world_size: int, rendezvous: str, out: str):
     from nnunet_ssl.trainers.nnUNetTrainerMeanTeacher import nnUNetTrainerMeanTeacher
     from nnunet_ssl.trainers.nnUNetTrainerSGRS import nnUNetTrainerSGRS
     from nnunet_ssl.trainers.nnUNetTrainerSelfTraining import nnUNetTrainerSelfTraining
+    from nnunet_ssl.trainers.nnUNetTrainerUAMT import nnUNetTrainerUAMT
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "seam_trainers"))
     from nnUNetTrainerSeamTwoNets import nnUNetTrainerSeamTwoNets
@@ -150,6 +151,7 @@ def main(rank: int, world_size: int, rendezvous: str, out: str):
     train("mt_resumed", nnUNetTrainerMeanTeacher, out, rank, resume_from=final, epochs=2)
     train("sgrs", nnUNetTrainerSGRS, out, rank)
     train("two_nets", nnUNetTrainerSeamTwoNets, out, rank)
+    train("uamt", nnUNetTrainerUAMT, out, rank)  # two heads, two optimizer steps per iteration
     train("fresh_phase", nnUNetTrainerMeanTeacherFreshPhase, out, rank, epochs=2)
     try:
         build(nnUNetTrainerSelfTraining).on_train_start()

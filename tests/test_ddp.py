@@ -1,6 +1,7 @@
 """The SSL trainers under torch DDP, two processes with gloo on CPU (tests/ddp_worker.py: what is patched and why).
 
-Checked for Mean Teacher, SGRS, a two-network two-optimizer trainer and a phase with fresh weights: after
+Checked for Mean Teacher, SGRS, a two-network two-optimizer trainer, UAMT (two heads, two optimizer steps per
+iteration) and a phase with fresh weights: after
 training, every rank holds the same student (gradients all-reduced, fresh weights broadcast) and the same EMA
 teacher; the ranks drew different unlabeled cases; the SSL keys are logged as the mean over both ranks' steps
 (gathered like nnU-Net's 'loss'); only rank 0 wrote checkpoints; a run resumed from the checkpoint on both ranks
@@ -48,7 +49,7 @@ def assert_same_weights(a: dict, b: dict, what: str):
     assert not differ, f"{what} differs between the ranks in {len(differ)} tensors, e.g. {differ[:3]}"
 
 
-CASES = ["mt", "mt_resumed", "sgrs", "two_nets", "fresh_phase"]
+CASES = ["mt", "mt_resumed", "sgrs", "two_nets", "uamt", "fresh_phase"]
 
 
 @pytest.mark.parametrize("case", CASES)

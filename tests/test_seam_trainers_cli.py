@@ -1,5 +1,6 @@
-"""The seam trainers (tests/seam_trainers) through the stock CLIs: nnUNetv2_train, --c, nnUNetv2_predict with
-a multi-output inference choice (the ensemble of two networks; the mean of a dual-head teacher's heads)."""
+"""The two-network seam trainer (tests/seam_trainers) through the stock CLIs: nnUNetv2_train, --c,
+nnUNetv2_predict with a multi-output inference choice (the ensemble of two networks). The dual-head path goes
+through the same CLIs with a real method: nnUNetTrainerUAMT (tests/test_uamt.py)."""
 import glob
 import os
 
@@ -9,8 +10,7 @@ import torch
 from conftest import nnunet_ssl_cli, predict_test_set_2d, run_cli
 
 
-@pytest.mark.parametrize("trainer,default_choice,resume", [("nnUNetTrainerSeamTwoNets", "ensemble", True),
-                                                           ("nnUNetTrainerSeamDualHead", "teacher_mean", False)])
+@pytest.mark.parametrize("trainer,default_choice,resume", [("nnUNetTrainerSeamTwoNets", "ensemble", True)])
 def test_train_resume_predict(trainer, default_choice, resume, dataset_2d, nnunet_env, tmp_path):
     """(--c of the dual-head trainer, in process: tests/test_contract.py)"""
     folder = os.path.join(nnunet_env["nnUNet_results"], "Dataset801_T2D", f"{trainer}__nnUNetPlans__2d", "fold_1")
