@@ -16,9 +16,9 @@ def test_demo_quick_writes_table_overlays_and_report(tmp_path, nnunet_env):
     assert "nnUNetTrainerSGRS - nnUNetTrainer:" in r.stdout  # the paired difference
     assert f"Everything is in {out}" in r.stdout
     assert len(list((out / "predictions" / "nnUNetTrainerSGRS").glob("*.png"))) == 3
-    assert (out / "demo_results.md").read_text().count("| nnUNetTrainer") == 2
+    assert (out / "demo_results.md").read_text(encoding="utf-8").count("| nnUNetTrainer") == 2
     assert (out / "results" / "overlays.png").stat().st_size > 1000
-    report = (out / "results" / "report.html").read_text()
+    report = (out / "results" / "report.html").read_text(encoding="utf-8")
     assert "nnUNetTrainerSGRS" in report and report.count("data:image/png;base64,") >= 3  # overlays, Dice, curves
     assert "nnunet_ssl demo" in report and "--quick" in report  # the command that made it
 
