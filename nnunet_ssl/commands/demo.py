@@ -21,7 +21,7 @@ DEMO_DATASET_ID = 990
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerSGRS")
 DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25
 CASES = {"n_labeled": 4, "n_unlabeled": 40, "n_test": 20}
-# --quick: the whole pipeline on a tiny dataset in about a minute; its numbers mean nothing
+# --quick: the whole pipeline on a tiny dataset (the test suite runs it); its numbers mean nothing
 QUICK = {"epochs": 1, "iterations": 2, "cases": {"n_labeled": 4, "n_unlabeled": 6, "n_test": 3}}
 # what the demo writes into its --out folder (--overwrite removes these, and only these)
 DEMO_OUTPUTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "results", "demo_results.md",
@@ -87,6 +87,7 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = None, iters: int = None
     from nnunet_ssl.evaluation.metrics import evaluate_folder
     from nnunet_ssl.evaluation.overlay import write_contact_sheet
     from nnunet_ssl.evaluation.statistics import paired_statistics
+    from nnunet_ssl.utilities.atomic import write_text
     from nnunet_ssl.utilities.inputs import UserError, trainer_class
     from nnunet_ssl.utilities.runner import run_logged
 
@@ -152,7 +153,6 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = None, iters: int = None
     files = write_leaderboard(rows, results, f"nnunet_ssl demo: {os.path.basename(folder)} {configuration}, {budget}",
                               statistics, figures={"Overlays (worst cases of the reference first)": overlays},
                               commands=[[sys.executable, "-m", "nnunet_ssl"] + sys.argv[1:]] + commands)
-    from nnunet_ssl.utilities.atomic import write_text
     write_text(os.path.join(out, "demo_results.md"), table + "\n")
     print("\n" + table + "\n")
     print(f"Everything is in {out}:\n  raw data      {env['nnUNet_raw']}\n  preprocessed  {env['nnUNet_preprocessed']}"
