@@ -114,15 +114,21 @@ def test_regional_ce_matches_torch_cross_entropy(eps):
         F.cross_entropy(probs.log(), target, label_smoothing=eps).item(), rel=1e-5)
 
 
-def test_regional_ce_empty_region_and_gradient_locality():
+def assert_empty_region_and_gradient_locality(loss):
+    """`loss(probs, target, region)` is a graph-connected 0 on an empty region, and on REGION its gradient
+    reaches exactly the region's voxels."""
     probs = two_class(P1).requires_grad_()
-    empty = regional_cross_entropy(probs, Y, torch.zeros_like(REGION), 0.2)
+    empty = loss(probs, Y, torch.zeros_like(REGION))
     empty.backward()
     assert empty.item() == 0.0 and torch.equal(probs.grad, torch.zeros_like(probs))
     probs.grad = None
-    regional_cross_entropy(probs, Y, REGION, 0.2).backward()
+    loss(probs, Y, REGION).backward()
     assert torch.equal(probs.grad[..., 2:], torch.zeros(1, 2, 2))
     assert (probs.grad[..., :2] != 0).all()
+
+
+def test_regional_ce_empty_region_and_gradient_locality():
+    assert_empty_region_and_gradient_locality(lambda p, y, r: regional_cross_entropy(p, y, r, 0.2))
 
 
 def test_regional_ce_is_finite_for_zero_probabilities():
@@ -151,14 +157,7 @@ def test_regional_dice_perfect_prediction_is_zero():
 
 def test_regional_dice_empty_region_and_gradient_locality():
     for eta in (0.0, 20.0):
-        probs = two_class(P1).requires_grad_()
-        empty = regional_dice_loss(probs, Y, torch.zeros_like(REGION), eta)
-        empty.backward()
-        assert empty.item() == 0.0 and torch.equal(probs.grad, torch.zeros_like(probs))
-        probs.grad = None
-        regional_dice_loss(probs, Y, REGION, eta).backward()
-        assert torch.equal(probs.grad[..., 2:], torch.zeros(1, 2, 2))
-        assert (probs.grad[..., :2] != 0).all()
+        assert_empty_region_and_gradient_locality(lambda p, y, r: regional_dice_loss(p, y, r, eta))
 
 
 def test_per_class_regional_dice_hand_values():
@@ -179,13 +178,8 @@ def test_per_class_regional_dice_hand_values():
 
 
 def test_per_class_regional_dice_empty_region_and_gradient_locality():
-    probs = two_class(P1).requires_grad_()
-    empty = regional_dice_loss_per_class(probs, Y, torch.zeros_like(REGION), 1.0)
-    empty.backward()
-    assert empty.item() == 0.0 and torch.equal(probs.grad, torch.zeros_like(probs))
-    probs.grad = None
-    regional_dice_loss_per_class(probs, Y, REGION, 1.0).backward()
-    assert torch.equal(probs.grad[..., 2:], torch.zeros(1, 2, 2)) and (probs.grad[..., :2] != 0).all()
+    for smooth in (1.0, 20.0):
+        assert_empty_region_and_gradient_locality(lambda p, y, r: regional_dice_loss_per_class(p, y, r, smooth))
 
 
 # ---------------------------------------------------------------- mix-up
