@@ -137,9 +137,7 @@ def main(rank: int, world_size: int, rendezvous: str, out: str):
     from nnunet_ssl.trainers.nnUNetTrainerSGRS import nnUNetTrainerSGRS
     from nnunet_ssl.trainers.nnUNetTrainerSelfTraining import nnUNetTrainerSelfTraining
     from nnunet_ssl.trainers.nnUNetTrainerUAMT import nnUNetTrainerUAMT
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "seam_trainers"))
-    from nnUNetTrainerSeamTwoNets import nnUNetTrainerSeamTwoNets
+    from nnunet_ssl.trainers.nnUNetTrainerDualNet import nnUNetTrainerDualNet
 
     class nnUNetTrainerMeanTeacherFreshPhase(nnUNetTrainerMeanTeacher):
         """A second phase with fresh weights (self-training's rounds): a new initialisation on every rank."""
@@ -150,7 +148,7 @@ def main(rank: int, world_size: int, rendezvous: str, out: str):
     final = os.path.join(mean_teacher.output_folder, "checkpoint_final.pth")
     train("mt_resumed", nnUNetTrainerMeanTeacher, out, rank, resume_from=final, epochs=2)
     train("sgrs", nnUNetTrainerSGRS, out, rank)
-    train("two_nets", nnUNetTrainerSeamTwoNets, out, rank)
+    train("dualnet", nnUNetTrainerDualNet, out, rank)  # two networks, two optimizers, a winner agreed by all
     train("uamt", nnUNetTrainerUAMT, out, rank)  # two heads, two optimizer steps per iteration
     train("fresh_phase", nnUNetTrainerMeanTeacherFreshPhase, out, rank, epochs=2)
     try:

@@ -1,5 +1,5 @@
 """The contract every trainer keeps, checked for each trainer class in trainers/ (new ones join automatically) and
-the two seam trainers of tests/seam_trainers, on a tiny 2D and a tiny 3D plan, in process:
+the seam trainer(s) of tests/seam_trainers, on a tiny 2D and a tiny 3D plan, in process:
 
   * a few train_steps on CPU; every unsupervised term the trainer declares sends gradient into the network it
     trains, and every registered term none into the module that provides its target (the EMA teacher, or the

@@ -49,7 +49,7 @@ def assert_same_weights(a: dict, b: dict, what: str):
     assert not differ, f"{what} differs between the ranks in {len(differ)} tensors, e.g. {differ[:3]}"
 
 
-CASES = ["mt", "mt_resumed", "sgrs", "two_nets", "uamt", "fresh_phase"]
+CASES = ["mt", "mt_resumed", "sgrs", "dualnet", "uamt", "fresh_phase"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -51,12 +51,7 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     ssl_log_keys = ("sup_loss", "con_loss", "nr_loss", "lambda", "delta", "omega", "theta")
     unsupervised_terms = ("con_loss", "nr_loss")
     step_cost = StepCost(student_passes=3)  # D_L, D_U, D_M; one teacher pass
-
-    def on_train_start(self):
-        if self.label_manager.has_regions:
-            raise RuntimeError(f"{self.__class__.__name__}: SGRS needs softmax classes (argmax pseudo labels), "
-                               f"this dataset uses region-based training")
-        super().on_train_start()
+    needs_softmax_classes = True  # argmax pseudo labels
 
     # ------------------------------------------------------------------ the method
     def train_step(self, batch: dict) -> dict:

@@ -64,6 +64,7 @@ class nnUNetTrainerUAMT(nnUNetTrainerSSL):
     aspp_rates: Optional[Sequence] = None  # None: DeepLabv3's rates scaled to the patch size (architectures.aspp)
     aspp_dropout = 0.1
     inference_weights = "teacher_mean"
+    needs_softmax_classes = True  # pseudo labels and head-to-head targets are argmax class maps
 
     # ------------------------------------------------------------------ what the variant declares
     @classmethod
@@ -110,10 +111,6 @@ class nnUNetTrainerUAMT(nnUNetTrainerSSL):
 
     # ------------------------------------------------------------------ set-up
     def on_train_start(self):
-        if self.label_manager.has_regions:
-            raise UAMTConfigurationError(
-                f"{self.__class__.__name__}: this dataset uses region-based (sigmoid) training; UAMT's pseudo labels "
-                f"and head-to-head targets are argmax class maps, so it needs softmax classes")
         if self.patch_replacement:
             grid = self.grid(self.configuration_manager.patch_size)
             if not 1 <= self.top_k <= grid.n_patches:

@@ -67,6 +67,10 @@ class DDPUnsupportedError(UserError):
     """The trainer cannot train under DDP (nnUNetv2_train -num_gpus > 1); the message says why and what to use."""
 
 
+class RegionTrainingUnsupportedError(UserError):
+    """The trainer's targets are argmax class maps; a region-based (sigmoid) dataset has none to give."""
+
+
 class NonFiniteLossError(UserError):
     """The training loss became NaN or infinite: training stops before such weights reach a checkpoint."""
 
@@ -107,6 +111,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     step_cost: StepCost = StepCost()
     # why the trainer cannot run under DDP (-num_gpus > 1), None where it can: it then refuses with this reason
     ddp_unsupported: Optional[str] = None
+    # the method's targets are argmax class maps (pseudo labels, another network's prediction): it then refuses
+    # region-based datasets (dataset.json with regions_class_order), whose outputs are independent sigmoids
+    needs_softmax_classes: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -225,6 +232,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if self.is_ddp and self.ddp_unsupported:
             raise DDPUnsupportedError(f"{self.__class__.__name__} does not train with -num_gpus > 1: "
                                       f"{self.ddp_unsupported}")
+        if self.needs_softmax_classes and self.label_manager.has_regions:
+            raise RegionTrainingUnsupportedError(
+                f"{self.__class__.__name__}: this dataset uses region-based (sigmoid) training; the method's targets "
+                f"are argmax class maps, so it needs softmax classes (a dataset.json without regions_class_order)")
         if self.is_cascaded:  # the pool has no previous-stage segmentations to feed the second stage
             raise RuntimeError(f"{self.__class__.__name__} does not support cascade configurations "
                                f"({self.configuration_name}); use 2d or 3d_fullres")
