@@ -31,3 +31,13 @@ def test_floor_counts_the_declared_passes(dataset_2d, nnunet_env):
         _count_forwards(member, counts, name)
     compute_floor(two_nets, repeats=1)
     assert counts == {"a": [b] * 6, "b": [b] * 4}  # a also gives the supervised reference
+
+
+def test_step_memory_in_a_fresh_process_and_its_columns(dataset_2d, nnunet_env):
+    from nnunet_ssl.evaluation.bench_step import format_results, step_memory
+    memory = step_memory("801", "2d", "nnUNetTrainer", fold="all", steps=2)
+    assert 0 < memory < 8 * 2 ** 30  # a 48 x 48 plan's step: positive, far below the machine
+    results = {name: {"s_per_iter": 1.0, "supervised_fwd_bwd": 1.0, "teacher_student_floor": 2.0,
+                      "step_memory": m} for name, m in (("nnUNetTrainer", 2 ** 30), ("nnUNetTrainerDualNet", 2 ** 31))}
+    table = format_results(results, "nnUNetTrainer")
+    assert "step memory (GiB) | memory ratio |" in table and "| 2.00 | 2.00 |" in table

@@ -6,11 +6,20 @@ of the machine hits all trainers alike. Each trainer's compute floor is measured
 (`nnUNetTrainerSSL.step_cost`: student passes per optimized network, teacher passes including MC-dropout
 passes) with random tensors, relative to nnUNetTrainer's forward+backward on the labeled batch.
 
+With --peak-memory, each trainer also runs a few steps in a fresh process of its own: the peak memory of its
+training steps above what the process held before the first one (the network, optimizer, data loaders): on CUDA
+torch's peak allocation, on CPU the peak resident set (Linux: VmHWM, reset before the steps via
+/proc/self/clear_refs). One process per trainer, because a process's peak covers everything it ever ran.
+
 Nothing is written into $nnUNet_results: the trainers' plans, logs and debug files go to a temporary folder
 that is deleted afterwards, and no checkpoint is saved (a trained model of the same trainer stays as it is).
 """
 import argparse
+import gc
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Dict, List
@@ -140,13 +149,72 @@ def bench(dataset: str, configuration: str, trainers: List[str], fold="0", itera
                 _stop_data_loaders(t)
 
 
+def _resident_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def measure_step_memory(dataset: str, configuration: str, name: str, fold="0", steps: int = 3,
+                        device: str = "cpu", plans: str = "nnUNetPlans") -> int:
+    """Bytes: the peak memory of `steps` training steps above what this process held before the first (see the
+    module docstring). Meant for a fresh process (step_memory)."""
+    from nnunet_ssl.utilities.inputs import dataset_name, trainer_class
+
+    trainer_class(name)
+    fold = fold if fold == "all" else int(fold)
+    with tempfile.TemporaryDirectory(prefix="nnunet_ssl_bench_memory_") as results:
+        t = _build_in(results, dataset_name(dataset), configuration, fold, name, plans, device)
+        try:
+            t.on_train_start()
+            t.network.train()
+            batches = [next(t.dataloader_train) for _ in range(steps)]  # loaded before: the steps' own memory
+            gc.collect()
+            if t.device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            else:
+                with open("/proc/self/clear_refs", "w") as clear:
+                    clear.write("5")  # resets VmHWM to the current resident set
+                before = _resident_kib("VmRSS") * 1024
+            for batch in batches:
+                t.train_step(batch)
+            if t.device.type == "cuda":
+                torch.cuda.synchronize()
+                return int(torch.cuda.max_memory_allocated() - before)
+            return int(_resident_kib("VmHWM") * 1024 - before)
+        finally:
+            _stop_data_loaders(t)
+
+
+def step_memory(dataset: str, configuration: str, name: str, fold="0", steps: int = 3, device: str = "cpu",
+                plans: str = "nnUNetPlans") -> int:
+    """measure_step_memory in a fresh Python process (its peak is then this trainer's alone)."""
+    code = ("import json, sys; from nnunet_ssl.evaluation.bench_step import measure_step_memory; "
+            "print('STEP_MEMORY', json.dumps(measure_step_memory(*json.loads(sys.argv[1]))))")
+    args = json.dumps([dataset, configuration, name, fold, steps, device, plans])
+    run = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("STEP_MEMORY ")]
+    if run.returncode != 0 or not lines:
+        raise RuntimeError(f"the memory probe of {name} failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    return int(json.loads(lines[-1].split(" ", 1)[1]))
+
+
 def format_results(results: Dict[str, dict], reference: str) -> str:
     ref = results[reference]["s_per_iter"]
     floor_ref = results[reference]["supervised_fwd_bwd"]
-    lines = ["| trainer | s/iter (median) | ratio to " + reference + " | compute floor ratio |", "|---|---|---|---|"]
+    memory = all("step_memory" in r for r in results.values())
+    header = "| trainer | s/iter (median) | ratio to " + reference + " | compute floor ratio |"
+    lines = [header + (" step memory (GiB) | memory ratio |" if memory else ""),
+             "|---|---|---|---|" + ("---|---|" if memory else "")]
     for name, r in results.items():
         floor = 1.0 if name == reference else r["teacher_student_floor"] / floor_ref
-        lines.append(f"| {name} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / ref:.2f} | {floor:.2f} |")
+        line = f"| {name} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / ref:.2f} | {floor:.2f} |"
+        if memory:
+            ratio = r["step_memory"] / results[reference]["step_memory"] if results[reference]["step_memory"] else \
+                float("nan")
+            line += f" {r['step_memory'] / 2 ** 30:.2f} | {ratio:.2f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -164,13 +232,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=2,
                    help="the timed iterations run in this many interleaved blocks per trainer (default: 2)")
     p.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cuda, cpu or mps (default: cuda if available)")
+                   help="cuda or cpu (default: cuda if available; mps for timings only)")
+    p.add_argument("--peak-memory", action="store_true",
+                   help="also each trainer's peak step memory, from 3 steps in a fresh process per trainer")
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
     results = bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device, plans=a.p)
+    if a.peak_memory:
+        for name in a.tr:
+            results[name]["step_memory"] = step_memory(a.d, a.c, name, a.f, device=a.device, plans=a.p)
     print(format_results(results, a.tr[0]))
     print("compute floor ratio: the floor each trainer declares (step_cost: student fwd+bwd passes per trained "
-          "network, no-grad teacher passes) over nnUNetTrainer's fwd+bwd, random tensors")
+          "network, no-grad teacher passes) over nnUNetTrainer's fwd+bwd, random tensors" +
+          ("; step memory: peak above the memory held before the first step, one process per trainer"
+           if a.peak_memory else ""))
