@@ -1,6 +1,6 @@
 """nnUNetTrainerDualNet: the entropy mask, the KL-weighted pseudo-label loss, the prototypes and their InfoNCE by
 hand; the winner selection; each unsupervised term's gradient (measured, not as registered) into the network it
-trains and none into the other; the stock CLIs (train, --c, predict with the ensemble and with one network).
+trains and none into the other; the stock CLIs (train, --c, predict with the default choice, the ensemble).
 Save/resume and prediction with every inference choice in 2D and 3D: tests/test_contract.py."""
 import glob
 import math
