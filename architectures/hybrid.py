@@ -35,11 +35,15 @@ Design decisions (paper [P], authors' code [C], ours [D]; see papers/reference-c
   memory, which is what the 3D memory check finds.
 - The plans' norm (instance norm) and LeakyReLU stay in the conv blocks [D]; [P] uses GroupNorm and GELU.
   Initialisation: nnU-Net's He init for convs, Swin's truncated normal (std 0.02) for linear layers.
-- 3D [D]: built when a training step fits the memory of a 24 GB CPU machine (`check_hybrid_fits`, an estimate of
-  what autograd keeps for one forward+backward in float32 plus parameters, gradients, momentum and an EMA
-  teacher), refused otherwise with the estimate in the message. nnU-Net's usual 3d_fullres plans (patch
-  ~128^3, batch 2) are refused (the full-resolution windowed cross-attention alone keeps 512 scores per voxel);
-  small 3D patches build.
+- 3D [D]: supported, and built when a float32 training step at the plans' patch and batch fits a 24 GB CPU
+  machine (`check_hybrid_fits`), refused with a MemoryError that gives the estimate otherwise (and what
+  cross-attention only at maps <= 32 per axis would need). The estimate: what autograd keeps for the backward of
+  one forward pass, counted on the meta device (nothing computed, each storage once; attention counted as a
+  flash kernel keeps it, without the attention matrix: torch's CPU kernel is a flash kernel), plus four copies of
+  the parameters (weights, gradients, SGD momentum, an EMA teacher). At PH2's 2D plan it is 416 MB against 306 MB
+  measured for a step. nnU-Net's usual 3d_fullres plan (patch 128^3, batch 2, 6 stages to 320 features) comes
+  to about 15 GB and builds; batch 4 (e.g. labeled + unlabeled batches of 2: pass `batch_size`) needs about
+  28 GB and is refused (about 18 GB with cross-attention at maps <= 32 only).
 """
 import math
 import pydoc
@@ -117,11 +121,39 @@ def _window_mask(padded: Sequence[int], spatial: Sequence[int], window: Sequence
     return mask[:, None]
 
 
+class _MetaFlashAttention(torch.autograd.Function):
+    """On the meta device (memory estimates): keeps what a flash-attention kernel keeps for its backward (queries,
+    keys, values, output, log-sum-exp per query, the mask as an additive float mask), not the attention matrix.
+    torch's own meta path would run the math kernel (and import torch._dynamo, seconds)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        out = torch.empty_like(q)
+        kept = [q, k, v, out, q.new_empty(q.shape[:-1])]
+        if mask is not None:
+            kept.append(mask.to(q.dtype))
+        ctx.save_for_backward(*kept)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("meta-device attention is for memory estimates only")
+
+
+def _attention(q, k, v, mask=None):
+    if q.is_meta:
+        return _MetaFlashAttention.apply(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, window: Sequence[int],
                        shift: Sequence[int]) -> torch.Tensor:
     """Multi-head attention within windows of (B, *S, C) channels-last queries, keys and values of one map size
     (Swin's shifted windows where `shift` is non-zero). Returns (B, *S, C)."""
     b, *spatial, c = q.shape
+    if tuple(window) == tuple(spatial) and not any(shift):  # global attention: one window, nothing to partition or mask
+        q, k, v = (t.reshape(b, -1, heads, c // heads).transpose(1, 2) for t in (q, k, v))
+        return _attention(q, k, v).transpose(1, 2).reshape(b, *spatial, c)
     dims = tuple(range(1, len(spatial) + 1))
     padded = [math.ceil(s / w) * w for s, w in zip(spatial, window)]
     pad = [x for s, p in zip(reversed(spatial), reversed(padded)) for x in (0, p - s)]
@@ -138,7 +170,7 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
     if needs_mask:
         mask = _window_mask(padded, spatial, window, shift, q.device)
         mask = mask.expand(b, *mask.shape).reshape(-1, *mask.shape[1:])
-    out = F.scaled_dot_product_attention(*tensors, attn_mask=mask)  # (B * nW, heads, T, d)
+    out = _attention(*tensors, mask)  # (B * nW, heads, T, d)
     out = window_reverse(out.transpose(1, 2).reshape(out.shape[0], -1, c), window, padded)
     if any(shift):
         out = torch.roll(out, list(shift), dims)
@@ -347,14 +379,21 @@ def check_hybrid_fits(configuration_manager: ConfigurationManager, batch_size: O
     fit in `budget_bytes`; return the estimate otherwise. `options`: those of estimate_training_bytes."""
     batch_size = batch_size or configuration_manager.batch_size
     needed = estimate_training_bytes(configuration_manager, batch_size, **options)
-    if needed > budget_bytes:
-        patch = "x".join(map(str, configuration_manager.patch_size))
-        dim = len(configuration_manager.patch_size)
-        raise MemoryError(
-            f"{dim}D hybrid CNN-Transformer needs about {needed / 1e9:.1f} GB for patch {patch} and batch "
-            f"{batch_size} (float32 training step), more than the {budget_bytes / 1e9:.0f} GB it may use. Use the "
-            f"2d configuration, a plan with a smaller patch or batch, or nnU-Net's own network for this one.")
-    return needed
+    if needed <= budget_bytes:
+        return needed
+    patch = "x".join(map(str, configuration_manager.patch_size))
+    hint = ""
+    if options.get("cross_attention_max_side") is None:
+        lighter = estimate_training_bytes(configuration_manager, batch_size,
+                                          **{**options, "cross_attention_max_side": TRANSFORMER_MAX_SIDE})
+        if lighter <= budget_bytes:
+            hint = (f" With cross-attention only where the map is at most {TRANSFORMER_MAX_SIDE} per axis "
+                    f"(cross_attention_max_side={TRANSFORMER_MAX_SIDE}) it would need about {lighter / 1e9:.1f} GB.")
+    raise MemoryError(
+        f"{len(configuration_manager.patch_size)}D hybrid CNN-Transformer needs about {needed / 1e9:.1f} GB for "
+        f"patch {patch} and batch {batch_size} (a float32 training step), more than the {budget_bytes / 1e9:.0f} "
+        f"GB of a CPU machine it may use.{hint} Otherwise use the 2d configuration, a plan with a smaller patch or "
+        f"batch, or nnU-Net's own network.")
 
 
 def build_hybrid_network(configuration_manager: ConfigurationManager, num_input_channels: int,
