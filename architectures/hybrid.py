@@ -26,6 +26,9 @@ Design decisions (paper [P], authors' code [C], ours [D]; see papers/reference-c
   is zero-padded and padded keys are masked. Where the whole map is at most `global_max_side` (16) per axis
   attention is global (one window = the map, no shift). Fixes defect (v) of the authors' code (global attention
   everywhere). No relative position bias [D]: the conv stages before every block give position information.
+  One N-D implementation serves 2D, 3D and the cross-attention (timm's SwinTransformerBlock is 2D,
+  self-attention only and fixed to one input resolution); in 2D a block equals timm's with a zero relative
+  position bias (tested).
 - Heads: channels // 32, at least 1 [D]. Attention: torch's scaled_dot_product_attention (flash kernel on CPU).
 - Cross-attention skip fusion [P] at every decoder level (`cross_attention_max_side`=None) [P: all four of C2's
   levels], in 8-per-axis windows (no shift: the windows of queries and keys coincide) or global where the map is

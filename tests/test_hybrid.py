@@ -178,6 +178,27 @@ def test_whole_map_window_is_global_attention_and_shift_matters():
     assert torch.allclose(shifted, reference_attention(q, k, v, 2, (8, 12), (4, 6)), atol=1e-10)
 
 
+def test_shifted_block_equals_timms_swin_block():
+    """In 2D the block is timm's SwinTransformerBlock (shifted windows, Swin's mask) without the relative
+    position bias: same weights, same output."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+    torch.manual_seed(0)
+    c = 16
+    swin = SwinTransformerBlock(c, (16, 24), num_heads=2, window_size=8, shift_size=4).double().eval()
+    ours = TransformerBlock(c, 2, shifted=True).double().eval()
+    with torch.no_grad():
+        swin.attn.relative_position_bias_table.zero_()
+        ours.attention.q.weight.copy_(swin.attn.qkv.weight[:c])
+        ours.attention.q.bias.copy_(swin.attn.qkv.bias[:c])
+        ours.attention.kv.weight.copy_(swin.attn.qkv.weight[c:])
+        ours.attention.kv.bias.copy_(swin.attn.qkv.bias[c:])
+        for mine, theirs in [(ours.attention.proj, swin.attn.proj), (ours.norm1, swin.norm1),
+                             (ours.norm2, swin.norm2), (ours.mlp[0], swin.mlp.fc1), (ours.mlp[2], swin.mlp.fc2)]:
+            mine.load_state_dict(theirs.state_dict())
+        x = torch.randn(2, 16, 24, c, dtype=torch.float64)
+        assert torch.allclose(ours(x.movedim(-1, 1)).movedim(1, -1), swin(x), atol=1e-10)
+
+
 def test_gradient_reaches_every_parameter():
     torch.manual_seed(0)
     hybrid = build_hybrid_network(SMALL_2D, 1, 3, deep_supervision=True)
