@@ -23,7 +23,7 @@ Design decisions (paper [P], authors' code [C], ours [D]; see papers/reference-c
 - Windows [P, Swin]: 8 per axis (min(8, side)), the second block of each pair shifted by window // 2 with
   torch.roll and Swin's attention mask (tokens that the roll brought together from opposite borders do not
   attend to each other): exact Swin, not the no-mask simplification. A map that is not a multiple of the window
-  is zero-padded and padded keys are masked. Where the whole map is at most `global_max_side` (16) per axis
+  is zero-padded and padded keys are masked. Where the whole map is at most GLOBAL_MAX_SIDE (16) per axis
   attention is global (one window = the map, no shift). Fixes defect (v) of the authors' code (global attention
   everywhere). No relative position bias [D]: the conv stages before every block give position information.
   One N-D implementation serves 2D, 3D and the cross-attention (timm's SwinTransformerBlock is 2D,
@@ -34,7 +34,7 @@ Design decisions (paper [P], authors' code [C], ours [D]; see papers/reference-c
   levels], in 8-per-axis windows (no shift: the windows of queries and keys coincide) or global where the map is
   at most 16 per axis; a residual on the decoder features, then concatenation with the skip and the plans' conv
   block, as nnU-Net's decoder. Windowed cross-attention is linear in the number of voxels (64 keys per query in
-  2D), so full resolution costs about a 1x1 conv layer there in 2D; in 3D (512 keys per query) it dominates the
+  2D), so it is affordable at full resolution in 2D; in 3D (512 keys per query) it dominates the
   memory, which is what the 3D memory check finds.
 - The plans' norm (instance norm) and LeakyReLU stay in the conv blocks [D]; [P] uses GroupNorm and GELU.
   Initialisation: nnU-Net's He init for convs, Swin's truncated normal (std 0.02) for linear layers.
@@ -43,10 +43,11 @@ Design decisions (paper [P], authors' code [C], ours [D]; see papers/reference-c
   cross-attention only at maps <= 32 per axis would need). The estimate: what autograd keeps for the backward of
   one forward pass, counted on the meta device (nothing computed, each storage once; attention counted as a
   flash kernel keeps it, without the attention matrix: torch's CPU kernel is a flash kernel), plus four copies of
-  the parameters (weights, gradients, SGD momentum, an EMA teacher). At PH2's 2D plan it is 416 MB against 306 MB
-  measured for a step. nnU-Net's usual 3d_fullres plan (patch 128^3, batch 2, 6 stages to 320 features) comes
-  to about 15 GB and builds; batch 4 (e.g. labeled + unlabeled batches of 2: pass `batch_size`) needs about
-  28 GB and is refused (about 18 GB with cross-attention at maps <= 32 only).
+  the parameters (weights, gradients, SGD momentum, an EMA teacher). Against the resident memory a real step
+  adds: PH2's 2D plan 416 MB estimated / 306 MB measured; 3D 64^3, batch 1, 5 stages 1593 / 1488 MB.
+  nnU-Net's usual 3d_fullres plan (patch 128^3, batch 2, 6 stages to 320 features; 38.9M parameters against
+  the PlainConvUNet's 31.2M) comes to about 15 GB and builds; batch 4 (e.g. labeled + unlabeled batches of 2:
+  pass `batch_size`) needs about 30 GB and is refused (about 19 GB with cross_attention_max_side=32).
 """
 import math
 import pydoc
