@@ -268,8 +268,9 @@ def test_nnunet_predictor_builds_loads_and_predicts(tmp_path, monkeypatch):
                 "inference_allowed_mirroring_axes": (0, 1), "network_weights": trained.state_dict()},
                model / "fold_0" / "checkpoint_final.pth")
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
-                                device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
     network = predictor.network
     assert network.decoder.deep_supervision is False and len(dropout_layers(network)) == 3 * 2
