@@ -78,6 +78,8 @@ def _predictor(network, mirror_axes=None, passes=8, parameters=None):
 
 
 def test_mean_over_flips_and_folds_is_of_probabilities():
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
     torch.manual_seed(0)
     network = nn.Conv2d(1, 2, 3, padding=1).eval()  # not flip-equivariant: the four flips differ
     x = torch.randn(1, 1, 8, 8)
@@ -85,20 +87,23 @@ def test_mean_over_flips_and_folds_is_of_probabilities():
     assert predictor.predictions_per_voxel() == 4
     flips = [(), (2,), (3,), (2, 3)]
     with torch.no_grad():
-        each = torch.cat([probabilities_and_entropy(network(x.flip(f) if f else x)).flip(f) if f
-                          else probabilities_and_entropy(network(x)) for f in flips])
+        each = torch.cat([probabilities_and_entropy(network(x.flip(f)).flip(f) if f else network(x)) for f in flips])
     out = predictor._internal_maybe_mirror_and_predict(x)
-    assert out.shape == (1, 3, 8, 8) and torch.allclose(out[0], each.mean(0), atol=1e-6)
+    assert out.shape == (1, 5, 8, 8)  # nnU-Net's logits (C), then mean probabilities (C) and expected entropy
+    assert torch.equal(out[:, :2], nnUNetPredictor._internal_maybe_mirror_and_predict(predictor, x))
+    assert torch.allclose(out[0, 2:], each.mean(0), atol=1e-6)
 
     other = nn.Conv2d(1, 2, 3, padding=1)
     folds = _predictor(network, parameters=[network.state_dict(), other.state_dict()])
     folds.use_gaussian = False  # (nnU-Net's Gaussian is ~1e-6 at an 8x8 tile's corners: fp16 subnormals)
     with torch.no_grad():
         expected = (probabilities_and_entropy(network(x)) + probabilities_and_entropy(other(x)))[0] / 2
+        logits = (network(x) + other(x))[0] / 2
     # through nnU-Net's sliding window (2D: (C, 1, Y, X)) and its fold loop
     out = folds.predict_logits_from_preprocessed_data(x[0][:, None])
-    assert out.shape == (3, 1, 8, 8) and torch.allclose(out[:, 0].float(), expected, atol=2e-3)  # fp16 buffer
-    assert folds.label_manager.num_segmentation_heads == 2  # the extra channel only during the prediction
+    assert out.shape == (5, 1, 8, 8) and torch.allclose(out[2:, 0].float(), expected, atol=2e-3)  # fp16 buffer
+    assert torch.allclose(out[:2, 0].float(), logits, atol=2e-3)
+    assert folds.label_manager.num_segmentation_heads == 2  # the extra channels only during the prediction
 
 
 def test_mc_dropout_passes_batched_dropout_only_then_eval():
@@ -111,18 +116,22 @@ def test_mc_dropout_passes_batched_dropout_only_then_eval():
     network[1].register_forward_hook(lambda m, i, o: modes.append((m.training, network[0].training,
                                                                    network[3].training)))
     predictor = _predictor(network, mirror_axes=(0, 1), passes=8)
-    assert predictor.has_dropout and predictor.mirror_axes is None  # the passes replace mirroring
-    assert predictor.predictions_per_voxel() == 8
+    assert predictor.has_dropout and predictor.predictions_per_voxel() == 8
     x = torch.randn(1, 1, 8, 8)
     out = predictor._internal_maybe_mirror_and_predict(x)
-    assert batches == [8] and modes == [(True, False, False)]  # one forward of 8 copies; dropout alone on
-    assert out.shape == (1, 3, 8, 8)
-    _, total, mi = mean_prediction(torch.stack([out[0, :2]] * 2))  # (sanity: H of the mean is finite)
-    assert torch.isfinite(total).all()
-    assert (out[0, 2] < total - 1e-4).any()  # expected entropy below H(mean): the passes differ
+    # nnU-Net's 4 mirrored forwards in eval mode (the segmentation), then one forward of the 8 passes: dropout alone on
+    assert batches == [1, 1, 1, 1, 8]
+    assert modes == [(False, False, False)] * 4 + [(True, False, False)]
+    assert out.shape == (1, 5, 8, 8)
+    with torch.no_grad():
+        deterministic = network(x)
+    _, total, _ = mean_prediction(out[0, 2:4][None])
+    assert (out[0, 4] < total - 1e-4).any()  # expected entropy below H(mean): the passes differ
     assert not any(m.training for m in network.modules())  # back in eval mode
     with torch.no_grad():
-        assert torch.equal(network(x), network(x))  # deterministic again
+        assert torch.equal(network(x), deterministic)  # deterministic again
+    out_again = predictor._internal_maybe_mirror_and_predict(x)
+    assert torch.equal(out_again[:, :2], out[:, :2]) and not torch.equal(out_again[:, 2:], out[:, 2:])
 
 
 # ---------------------------------------------------------------------- the real CLI
@@ -144,8 +153,8 @@ def test_cli_stock_model_and_dropout_model(dataset_2d, nnunet_env, tmp_path, mon
     results = tmp_path / "results"
     monkeypatch.setenv("nnUNet_results", str(results))
     images = os.path.join(dataset_2d, "imagesTs")
-    run_cli(sys.executable, "-m", "nnunet_ssl", "train", "801", "2d", "0", "-tr", "nnUNetTrainer", "--epochs", "2",
-            "--iters", "3", "--val-iters", "1", "--no-val", "-device", "cpu")
+    main(["train", "801", "2d", "0", "-tr", "nnUNetTrainer", "--epochs", "2", "--iters", "3", "--val-iters", "1",
+          "--no-val", "-device", "cpu"])
     out = tmp_path / "stock"
     r = run_cli(sys.executable, "-m", "nnunet_ssl", "predict-uncertainty", "-i", images, "-o", out, "-d", "801",
                 "-c", "2d", "-f", "0", "-device", "cpu")
@@ -158,18 +167,21 @@ def test_cli_stock_model_and_dropout_model(dataset_2d, nnunet_env, tmp_path, mon
         seg, encoded = _read(out / f"{row['case']}.png"), _read(out / f"{row['case']}_uncertainty.png")
         assert seg.shape == encoded.shape == (48, 48) and set(np.unique(seg)) <= {0, 1, 2}
         nats = encoded.astype(np.float64) * float(row["map_nats_per_unit"])
-        assert float(row["map_nats_per_unit"]) == pytest.approx(ln3 / MAP_UNITS)
+        assert float(row["map_nats_per_unit"]) == pytest.approx(ln3 / MAP_UNITS, rel=1e-5)
         assert nats.mean() == pytest.approx(float(row["mean_uncertainty_image"]), abs=1e-4)
         assert int(row["foreground_voxels"]) == int((seg > 0).sum()) == float(row["foreground_volume"])
-        assert float(row["threshold_nats"]) == pytest.approx(0.5 * ln3)
+        assert float(row["threshold_nats"]) == pytest.approx(0.5 * ln3, rel=1e-5)
         assert int(row["uncertain_voxels"]) == pytest.approx((nats >= 0.5 * ln3).sum(), abs=2)  # 16-bit rounding
     assert _read(out / "uncertainty_overview.png").ndim == 3
-    # the segmentation is nnUNetv2_predict's up to borderline voxels (mean of probabilities, not of logits)
+    # the segmentation is nnUNetv2_predict's (its predictor, in process: the sequential variant)
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     stock = tmp_path / "nnunet"
-    run_cli("nnUNetv2_predict", "-i", images, "-o", stock, "-d", "801", "-c", "2d", "-f", "0", "-tr", "nnUNetTrainer",
-            "-device", "cpu", "-npp", "0", "-nps", "0")
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(results / "Dataset801_T2D" / "nnUNetTrainer__nnUNetPlans__2d"),
+                                                   ("0",))
+    predictor.predict_from_files_sequential(images, str(stock))
     for row in rows:
-        assert (_read(stock / f"{row['case']}.png") == _read(out / f"{row['case']}.png")).mean() > 0.98
+        assert np.array_equal(_read(stock / f"{row['case']}.png"), _read(out / f"{row['case']}.png"))
 
     # a second run into the same folder is refused; bad input names the file and the problem
     argv = ["predict-uncertainty", "-i", images, "-o", str(out), "-d", "801", "-c", "2d", "-f", "0", "-device", "cpu"]
@@ -194,7 +206,7 @@ def test_cli_stock_model_and_dropout_model(dataset_2d, nnunet_env, tmp_path, mon
     save_json(trainer.dataset_json, os.path.join(trainer.output_folder_base, "dataset.json"))
     mc = tmp_path / "mc"
     main(["predict-uncertainty", "-i", images, "-o", str(mc), "-m", trainer.output_folder_base, "-device", "cpu",
-          "--passes", "3", "--mutual-information", "--overview-cases", "1"])
+          "--passes", "3", "--mutual-information", "--overview-cases", "1", "--disable_tta"])
     rows = list(csv.DictReader(open(mc / "uncertainty.csv")))
     assert {r["source"] for r in rows} == {"mc_dropout"} and {r["predictions"] for r in rows} == {"3"}
     assert all(_read(mc / f"{r['case']}_mutual_information.png").max() > 0 for r in rows)

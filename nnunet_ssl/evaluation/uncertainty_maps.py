@@ -6,15 +6,16 @@ Uncertainty = the entropy H(p_mean) in nats of the mean of several predictions o
 
   mc_dropout   the network has dropout layers (architectures/dropout.py, an ASPP head, ...): --passes M
                stochastic passes per sliding-window tile, batched into one forward, dropout on in the dropout
-               layers only (every other module in eval mode; restored afterwards). They replace mirroring.
+               layers only (every other module in eval mode; restored afterwards)
   mirroring    no dropout: nnU-Net's test-time mirroring (every flip the checkpoint allows, as nnUNetv2_predict)
   folds        several folds (-f): the mean over the folds (of each fold's mean over passes or flips)
   softmax      one fold, no dropout, no mirroring: the entropy of the network's own probabilities
 
 Everything else is nnU-Net's nnUNetPredictor: its preprocessing, its sliding window (Gaussian-weighted tiles; a
 tile's prediction is made here, `_internal_maybe_mirror_and_predict`), its fold loop, its resampling back to the
-image's geometry and the plans' image writer. The mean is over probabilities (nnU-Net averages logits), so the
-segmentation, the argmax of that mean, can differ from nnUNetv2_predict's in a few borderline voxels.
+image's geometry and the plans' image writer. The segmentation is nnUNetv2_predict's (nnU-Net's mean logits over
+its flips and folds, the network in eval mode: with dropout the passes are extra forwards); the map is the
+entropy of the mean probabilities of the stochastic predictions, resampled to the image like nnU-Net's.
 
 Maps are written with the plans' reader-writer (same format and geometry as the input: .nii.gz, .png, .tif, ...)
 as integers: value = round(65535 * H / ln C), i.e. the normalised entropy H / ln C in [0, 1] (0: certain, 1: all C
@@ -121,28 +122,30 @@ def encode_map(values: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- the predictor
-class _WithExtraChannel:
-    """nnU-Net's label manager with one more output channel: the sliding window's buffer then holds the expected
-    entropy beside the mean probabilities."""
+class _WithExtraChannels:
+    """nnU-Net's label manager with C + 1 more output channels: the sliding window's buffer then holds the mean
+    probabilities and the expected entropy beside nnU-Net's logits."""
 
     def __init__(self, label_manager):
         self._label_manager = label_manager
-        self.num_segmentation_heads = label_manager.num_segmentation_heads + 1
+        self.num_segmentation_heads = 2 * label_manager.num_segmentation_heads + 1
 
     def __getattr__(self, name):
         return getattr(self._label_manager, name)
 
 
 def _predictor_class():
+    import itertools
+
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnunet_ssl.architectures.dropout import dropout_layers
     from nnunet_ssl.core.teachers import mc_dropout_probabilities
 
     class UncertaintyPredictor(nnUNetPredictor):
-        """nnUNetPredictor whose tiles, folds and output are mean probabilities plus the expected entropy
-        ((C + 1, ...) instead of C logits). A tile's prediction: M batched MC-dropout passes where the network
-        has dropout, else the mean over nnU-Net's mirrored predictions."""
+        """nnUNetPredictor whose tiles, folds and output have 2C + 1 channels: nnU-Net's own logits (mean over its
+        flips; the segmentation is nnUNetv2_predict's), then the mean probabilities and the expected entropy of the
+        stochastic predictions: M batched MC-dropout passes where the network has dropout, else the flips."""
 
         passes = DEFAULT_PASSES
 
@@ -152,7 +155,7 @@ def _predictor_class():
 
         @property
         def mirror_axes(self):
-            return self.allowed_mirroring_axes if self.use_mirroring and not self.has_dropout else None
+            return self.allowed_mirroring_axes if self.use_mirroring else None
 
         def predictions_per_voxel(self) -> int:
             per_fold = self.passes if self.has_dropout else 2 ** len(self.mirror_axes or ())
@@ -160,23 +163,27 @@ def _predictor_class():
 
         @torch.inference_mode()
         def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-            if self.has_dropout:
-                mean, _ = mc_dropout_probabilities(self.network, x, self.passes, probabilities_and_entropy)
-                return mean
-            mirror_axes = self.mirror_axes
-            prediction = probabilities_and_entropy(self.network(x))
-            if mirror_axes is not None:  # nnU-Net's own flips (predict_from_raw_data), on probabilities
-                import itertools
-                axes = [m + 2 for m in mirror_axes]
-                combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-                for flip in combinations:
-                    prediction += probabilities_and_entropy(torch.flip(self.network(torch.flip(x, flip)), flip))
-                prediction /= len(combinations) + 1
-            return prediction
+            if self.has_dropout:  # nnU-Net's deterministic prediction (eval mode), then the passes
+                logits = super()._internal_maybe_mirror_and_predict(x)
+                stochastic, _ = mc_dropout_probabilities(self.network, x, self.passes, probabilities_and_entropy)
+                return torch.cat([logits, stochastic.to(logits.dtype)], 1)
+            # nnU-Net's flips (predict_from_raw_data), summed in its order; each also as probabilities
+            logits = self.network(x)
+            stochastic = probabilities_and_entropy(logits)
+            axes = [m + 2 for m in self.mirror_axes or ()]
+            combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+            for flip in combinations:
+                flipped = torch.flip(self.network(torch.flip(x, flip)), flip)
+                logits += flipped
+                stochastic += probabilities_and_entropy(flipped)
+            if combinations:
+                logits /= len(combinations) + 1
+                stochastic /= len(combinations) + 1
+            return torch.cat([logits, stochastic.to(logits.dtype)], 1)
 
         def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
             label_manager = self.label_manager
-            self.label_manager = _WithExtraChannel(label_manager)
+            self.label_manager = _WithExtraChannels(label_manager)
             try:
                 return super().predict_logits_from_preprocessed_data(data)
             finally:
@@ -227,19 +234,23 @@ def to_image_geometry(channels: np.ndarray, properties: dict, plans_manager, con
 
 
 def case_maps(prediction: torch.Tensor, properties: dict, predictor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The predictor's (C + 1, ...) output -> segmentation, H(mean) and mutual information, in the image's
-    geometry (the entropy is taken after resampling, of the same probabilities the segmentation is the argmax of)."""
+    """The predictor's (2C + 1, ...) output -> segmentation (nnU-Net's export of the logits channels: that of
+    nnUNetv2_predict), H(mean) and mutual information, in the image's geometry (the entropy is taken after
+    resampling the mean probabilities)."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
     from nnunet_ssl.components.uncertainty import entropy
 
     c = predictor.label_manager.num_segmentation_heads
+    segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+        prediction[:c], predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
     fill = [1.0] + [0.0] * c  # outside the crop nnU-Net predicts background
-    maps = to_image_geometry(prediction.float().cpu().numpy(), properties, predictor.plans_manager,
+    maps = to_image_geometry(prediction[c:].float().cpu().numpy(), properties, predictor.plans_manager,
                              predictor.configuration_manager, fill)
     probabilities = np.clip(maps[:c], 0, None)
     probabilities /= np.maximum(probabilities.sum(0, keepdims=True), 1e-8)
-    segmentation = np.asarray(predictor.label_manager.convert_probabilities_to_segmentation(probabilities))
     total = entropy(torch.from_numpy(probabilities)[None])[0].numpy()
-    return segmentation.astype(np.uint8 if c < 255 else np.uint16), total, np.clip(total - maps[c], 0, None)
+    return np.asarray(segmentation), total, np.clip(total - maps[c], 0, None)
 
 
 # ---------------------------------------------------------------------- inputs and outputs
