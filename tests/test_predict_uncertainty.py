@@ -176,6 +176,7 @@ def test_cli_stock_model_and_dropout_model(dataset_2d, nnunet_env, tmp_path, mon
     # the segmentation is nnUNetv2_predict's (its predictor, in process: the sequential variant)
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     stock = tmp_path / "nnunet"
+    stock.mkdir()
     predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(results / "Dataset801_T2D" / "nnUNetTrainer__nnUNetPlans__2d"),
                                                    ("0",))
