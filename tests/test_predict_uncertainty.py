@@ -4,7 +4,6 @@ and on a model with dropout (UAMT's ASPP head) of the tiny 2D dataset."""
 import csv
 import math
 import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cli
 from nnunet_ssl.commands.cli import main
 from nnunet_ssl.evaluation.uncertainty_maps import (MAP_UNITS, _predictor_class, case_statistics, csv_text,
                                                     encode_map, mean_prediction, probabilities_and_entropy, ranked,
@@ -156,9 +154,10 @@ def test_cli_stock_model_and_dropout_model(dataset_2d, nnunet_env, tmp_path, mon
     main(["train", "801", "2d", "0", "-tr", "nnUNetTrainer", "--epochs", "2", "--iters", "3", "--val-iters", "1",
           "--no-val", "-device", "cpu"])
     out = tmp_path / "stock"
-    r = run_cli(sys.executable, "-m", "nnunet_ssl", "predict-uncertainty", "-i", images, "-o", out, "-d", "801",
-                "-c", "2d", "-f", "0", "-device", "cpu")
-    assert "mirroring" in r.stdout and "uncertainty maps" in r.stderr  # the source; tqdm's bar
+    capsys.readouterr()
+    main(["predict-uncertainty", "-i", images, "-o", str(out), "-d", "801", "-c", "2d", "-f", "0", "-device", "cpu"])
+    printed = capsys.readouterr()
+    assert "(mirroring:" in printed.out and "uncertainty maps" in printed.err  # the source; tqdm's bar
     rows = list(csv.DictReader(open(out / "uncertainty.csv")))
     assert sorted(r["case"] for r in rows) == ["test000", "test001"] and [r["rank"] for r in rows] == ["1", "2"]
     assert {r["source"] for r in rows} == {"mirroring"} and {r["predictions"] for r in rows} == {"4"}
