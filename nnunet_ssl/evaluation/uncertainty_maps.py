@@ -282,9 +282,12 @@ def input_cases(folder: str, file_ending: str) -> Dict[str, List[str]]:
 def model_folder_for(dataset, trainer: str, plans: str, configuration: str) -> str:
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    from nnunet_ssl.utilities.inputs import dataset_name
+    from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder, trainer_class
 
-    return get_output_folder(dataset_name(dataset, needs=("nnUNet_results",)), trainer, plans, configuration)
+    nnunet_folder("nnUNet_results")
+    name = dataset_name(dataset, needs=())  # a missing model folder is named by checked_folds
+    trainer_class(trainer)  # a misspelled name: the closest ones
+    return get_output_folder(name, trainer, plans, configuration)
 
 
 def checked_folds(model_folder: str, folds: Optional[Sequence[str]], checkpoint: str) -> List[str]:
