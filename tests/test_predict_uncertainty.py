@@ -130,6 +130,19 @@ def test_mc_dropout_passes_batched_dropout_only_then_eval():
         assert torch.equal(network(x), deterministic)  # deterministic again
     out_again = predictor._internal_maybe_mirror_and_predict(x)
     assert torch.equal(out_again[:, :2], out[:, :2]) and not torch.equal(out_again[:, 2:], out[:, 2:])
+    assert predictor.pass_variance > 0
+
+    class UnusedDropout(nn.Module):  # dropout in a part the output does not depend on (UAMT's "teacher_main")
+        def __init__(self):
+            super().__init__()
+            self.conv, self.unused = nn.Conv2d(1, 2, 1), nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    idle = _predictor(UnusedDropout().eval(), passes=4)
+    idle._internal_maybe_mirror_and_predict(x)
+    assert idle.has_dropout and idle.pass_variance == 0  # -> predict_uncertainty warns
 
 
 # ---------------------------------------------------------------------- the real CLI

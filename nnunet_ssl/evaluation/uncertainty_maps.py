@@ -30,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -148,6 +149,7 @@ def _predictor_class():
         stochastic predictions: M batched MC-dropout passes where the network has dropout, else the flips."""
 
         passes = DEFAULT_PASSES
+        pass_variance = 0.0  # the largest variance between MC-dropout passes so far (0: dropout changes nothing)
 
         @property
         def has_dropout(self) -> bool:
@@ -165,7 +167,9 @@ def _predictor_class():
         def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
             if self.has_dropout:  # nnU-Net's deterministic prediction (eval mode), then the passes
                 logits = super()._internal_maybe_mirror_and_predict(x)
-                stochastic, _ = mc_dropout_probabilities(self.network, x, self.passes, probabilities_and_entropy)
+                stochastic, variance = mc_dropout_probabilities(self.network, x, self.passes,
+                                                                probabilities_and_entropy)
+                self.pass_variance = max(self.pass_variance, float(variance.max()))
                 return torch.cat([logits, stochastic.to(logits.dtype)], 1)
             # nnU-Net's flips (predict_from_raw_data), summed in its order; each also as probabilities
             logits = self.network(x)
@@ -440,6 +444,11 @@ def predict_uncertainty(model_folder: str, input_folder: str, output_folder: str
                    "source": source, "predictions": n_predictions, "threshold_nats": threshold_nats,
                    "map_nats_per_unit": math.log(num_classes) / MAP_UNITS}
             rows.append(row)
+        if predictor.has_dropout and predictor.pass_variance == 0:
+            print(f"warning: {model_folder}: the MC-dropout passes were all equal: the network's dropout layers do "
+                  f"not reach the output it predicts with (e.g. dropout in a head the inference choice does not use; "
+                  f"nnunet_ssl set-inference-weights lists the choices); the maps are the softmax entropy",
+                  file=sys.stderr)
         rows = ranked(rows)
         if overview_cases > 0:
             panels = [overview_panel(row, cases[row["case"]], temp, writer, ending, num_classes)
