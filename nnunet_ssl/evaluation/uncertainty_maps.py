@@ -239,8 +239,8 @@ def to_image_geometry(channels: np.ndarray, properties: dict, plans_manager, con
 
 def case_maps(prediction: torch.Tensor, properties: dict, predictor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The predictor's (2C + 1, ...) output -> segmentation (nnU-Net's export of the logits channels: that of
-    nnUNetv2_predict), H(mean) and mutual information, in the image's geometry (the entropy is taken after
-    resampling the mean probabilities)."""
+    nnUNetv2_predict), H(mean) and mutual information, in the image's geometry (H is taken after resampling the
+    mean probabilities)."""
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
     from nnunet_ssl.components.uncertainty import entropy
@@ -248,13 +248,18 @@ def case_maps(prediction: torch.Tensor, properties: dict, predictor) -> Tuple[np
     c = predictor.label_manager.num_segmentation_heads
     segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
         prediction[:c], predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
-    fill = [1.0] + [0.0] * c  # outside the crop nnU-Net predicts background
-    maps = to_image_geometry(prediction[c:].float().cpu().numpy(), properties, predictor.plans_manager,
-                             predictor.configuration_manager, fill)
+    mean = prediction[c:2 * c].float().clamp_min(0)
+    mean /= mean.sum(0, keepdim=True).clamp_min(1e-8)
+    # the mutual information where the predictions were made (resampling mixes neighbours: their H(mean) would
+    # exceed their mean H at every boundary), then resampled like the probabilities
+    mutual_information = (entropy(mean[None])[0] - prediction[2 * c].float()).clamp_min(0)
+    fill = [1.0] + [0.0] * c  # outside the crop nnU-Net predicts background (and no disagreement)
+    maps = to_image_geometry(torch.cat([mean, mutual_information[None]]).cpu().numpy(), properties,
+                             predictor.plans_manager, predictor.configuration_manager, fill)
     probabilities = np.clip(maps[:c], 0, None)
     probabilities /= np.maximum(probabilities.sum(0, keepdims=True), 1e-8)
     total = entropy(torch.from_numpy(probabilities)[None])[0].numpy()
-    return np.asarray(segmentation), total, np.clip(total - maps[c], 0, None)
+    return np.asarray(segmentation), total, np.clip(maps[c], 0, None)
 
 
 # ---------------------------------------------------------------------- inputs and outputs
@@ -418,6 +423,9 @@ def predict_uncertainty(model_folder: str, input_folder: str, output_folder: str
     source = stochastic_source(predictor.has_dropout, predictor.mirror_axes is not None, len(folds))
     n_predictions = predictor.predictions_per_voxel()
     threshold_nats = threshold * math.log(num_classes)
+    if mutual_information_maps and n_predictions == 1:
+        print("note: one prediction per voxel: no mutual information, its maps are not written", file=sys.stderr)
+        mutual_information_maps = False
     print(f"uncertainty: entropy of the mean of {n_predictions} predictions per voxel ({source}: "
           f"{predictor.passes if predictor.has_dropout else 'no'} MC-dropout passes, mirror axes "
           f"{predictor.mirror_axes}, folds {', '.join(folds)}); uncertain voxel: H >= {threshold_nats:.4f} nats")
