@@ -15,6 +15,7 @@ BAD_DATASET = [
     ["preprocess-unlabeled", "-d", "999"],
     ["self-train", "-d", "999", "-c", "2d", "-device", "cpu"],
     ["set-inference-weights", "-d", "999", "-c", "2d", "-tr", "nnUNetTrainer"],
+    ["predict-uncertainty", "-i", "in", "-o", "out", "-d", "999", "-c", "2d", "-device", "cpu"],
 ]
 BAD_TRAINER = [
     (["train", "801", "2d", "0", "-tr", "nnUNetTrainerMeanTeachr", "--epochs", "1", "--iters", "1"],
@@ -23,11 +24,14 @@ BAD_TRAINER = [
       "1"], "did you mean nnUNetTrainerSGRS"),
     (["bench-step", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerMeanteacher"],
      "did you mean nnUNetTrainerMeanTeacher"),
+    (["predict-uncertainty", "-i", "in", "-o", "out", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainerUAMt"],
+     "did you mean nnUNetTrainerUAMT"),
 ]
 UNSET_RESULTS = [
     ["train", "801", "2d", "0", "--epochs", "1", "--iters", "1"],
     ["self-train", "-d", "801", "-c", "2d", "-device", "cpu"],
     ["set-inference-weights", "-d", "801", "-c", "2d", "-tr", "nnUNetTrainer"],
+    ["predict-uncertainty", "-i", "in", "-o", "out", "-d", "801", "-c", "2d", "-device", "cpu"],
 ]
 
 

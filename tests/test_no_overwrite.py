@@ -36,6 +36,7 @@ def _run(argv, expect_exit=None):
 
 def test_inspection_and_timing_commands_leave_models_and_datasets_alone(dataset_2d, nnunet_env, tmp_path,
                                                                          monkeypatch):
+    from batchgenerators.utilities.file_and_folder_operations import save_json
     from nnunetv2.run.run_training import get_trainer_from_args
 
     results = tmp_path / "results"
@@ -43,6 +44,8 @@ def test_inspection_and_timing_commands_leave_models_and_datasets_alone(dataset_
     trainer = get_trainer_from_args("801", "2d", "all", MT, "nnUNetPlans", device=torch.device("cpu"))
     trainer.initialize()
     trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+    for name, content in (("plans.json", trainer.plans_manager.plans), ("dataset.json", trainer.dataset_json)):
+        save_json(content, os.path.join(trainer.output_folder_base, name))  # as on_train_start writes them
     test_predictions = os.path.join(trainer.output_folder_base, "test_predictions_fold_all")
     shutil.copytree(os.path.join(dataset_2d, "labelsTs"), test_predictions)  # a perfect "prediction"
     preprocessed = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset801_T2D")
@@ -56,6 +59,8 @@ def test_inspection_and_timing_commands_leave_models_and_datasets_alone(dataset_
     _run(["set-inference-weights", "-d", "801", "-c", "2d", "-tr", MT])  # lists; --use would switch
     _run(["preprocess-unlabeled", "-d", "801", "-c", "2d", "-np", "1"])  # up to date: nothing to do
     _run(["make-splits", "-d", "801"])  # the existing split is checked, not replaced
+    _run(["predict-uncertainty", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", str(tmp_path / "uncertainty"),
+          "-d", "801", "-c", "2d", "-tr", MT, "-device", "cpu", "--disable_tta", "--overview-cases", "0"])
     _run(["train", "801", "2d", "all", "-tr", MT, "--epochs", "1", "--iters", "1"], expect_exit=2)
 
     after = _digest(dataset_2d, preprocessed, results)

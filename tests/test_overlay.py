@@ -31,12 +31,12 @@ def test_2d_sheet_orders_the_reference_trainer_worst_first(dataset_2d, tmp_path,
 
 
 def test_3d_sheet_shows_the_slice_with_the_largest_ground_truth_area(contract_3d, tmp_path):
-    from nnunet_ssl.evaluation.overlay import _display_slice, write_contact_sheet
+    from nnunet_ssl.evaluation.overlay import display_slice, write_contact_sheet
 
     reference = np.zeros((5, 4, 4), dtype=np.uint8)
     reference[1, :2, :2] = 1
     reference[3, :, :3] = 2
-    assert _display_slice(reference) == 3
+    assert display_slice(reference) == 3
     labels = os.path.join(contract_3d, "labelsTs")
     with open(os.path.join(contract_3d, "dataset.json")) as f:
         dataset_json = json.load(f)

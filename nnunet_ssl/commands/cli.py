@@ -60,6 +60,7 @@ PASS_THROUGH = {"train": "nnunet_ssl.commands.train", "bench-step": "nnunet_ssl.
                 "convert": "nnunet_ssl.dataset_conversion.cli", "evaluate": "nnunet_ssl.evaluation.metrics",
                 "leaderboard": "nnunet_ssl.evaluation.leaderboard", "benchmark": "nnunet_ssl.evaluation.benchmark",
                 "overlay": "nnunet_ssl.evaluation.overlay",
+                "predict-uncertainty": "nnunet_ssl.evaluation.uncertainty_maps",
                 "self-train": "nnunet_ssl.commands.self_train"}
 
 
@@ -111,6 +112,8 @@ def main(argv=None):
                        ("benchmark", "train, predict, evaluate several trainers with one budget (resumable)"),
                        ("overlay", "contact sheet PNG of test cases: image, ground truth, each trainer's prediction, "
                                    "worst cases first"),
+                       ("predict-uncertainty", "nnUNetv2_predict plus a per-case uncertainty map (entropy of MC-dropout, "
+                                               "mirrored or fold predictions) and uncertainty.csv to rank cases"),
                        ("self-train", "self-training rounds with stock nnU-Net: train, predict the pool (in parts), "
                                       "build a dataset with pseudo labels, train again (resumable)")):
         sub.add_parser(name, help=text + f" (nnunet_ssl {name} -h)")

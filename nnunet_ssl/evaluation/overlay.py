@@ -25,13 +25,13 @@ def case_dice(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[in
     return float(np.mean(scores))
 
 
-def _display_slice(reference: np.ndarray) -> int:
+def display_slice(reference: np.ndarray) -> int:
     """(Z, Y, X) ground truth -> the slice with the largest ground-truth area; the middle one if it is empty."""
     area = (reference > 0).reshape(reference.shape[0], -1).sum(1)
     return int(np.argmax(area)) if area.max() > 0 else reference.shape[0] // 2
 
 
-def _as_picture(image: np.ndarray, z: int) -> np.ndarray:
+def as_picture(image: np.ndarray, z: int) -> np.ndarray:
     """(C, Z, Y, X) image -> what imshow shows: RGB for 3-channel 2D images, else channel 0 scaled to [0, 1]."""
     if image.shape[0] == 3 and image.shape[1] == 1:
         picture = np.moveaxis(image[:, 0], 0, -1).astype(np.float64)
@@ -41,13 +41,41 @@ def _as_picture(image: np.ndarray, z: int) -> np.ndarray:
     return np.clip((picture - low) / max(high - low, 1e-8), 0, 1)
 
 
+def show_image(ax, picture: np.ndarray) -> None:
+    """An as_picture() result on `ax`: RGB as RGB, one channel in grey."""
+    ax.imshow(picture, cmap=None if picture.ndim == 3 else "gray", interpolation="nearest")
+
+
+def show_labels(ax, mask: np.ndarray, max_label: int) -> None:
+    """A 2D label map over what `ax` shows, background transparent: bright colours that stand out on skin and grey
+    values, then tab20's for many-class datasets (index 0 unused)."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    palette = ["black", "cyan", "yellow", "magenta", "lime", "red", "dodgerblue", "white"] + \
+        list(matplotlib.colormaps["tab20"].colors)
+    colours = ListedColormap((palette * (max_label // len(palette) + 1))[: max_label + 1])
+    ax.imshow(np.ma.masked_equal(mask, 0), cmap=colours, vmin=0, vmax=max_label + 1 - 1e-6, alpha=0.45,
+              interpolation="nearest")
+
+
+def save_figure(fig, out_file: str) -> None:
+    """Write a matplotlib figure as PNG complete or not at all (temporary file, rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+    temp = f"{out_file}.pid{os.getpid()}.tmp.png"
+    fig.savefig(temp, dpi=80)
+    plt.close(fig)
+    os.replace(temp, out_file)
+
+
 def write_contact_sheet(images_folder: str, reference_folder: str, prediction_folders: Sequence[str],
                         names: Sequence[str], dataset_json: dict, out_file: str, max_cases: int = 12) -> List[str]:
     """The sheet of the cases every prediction folder has; returns the case ids shown, worst first."""
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
     from tqdm import tqdm
@@ -76,25 +104,19 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
         scored.append((case_dice(seg(prediction_folders[0], case), reference, labels), case))
     shown = [case for _, case in sorted(scored)[:max_cases]]
 
-    # bright colours that stand out on skin and grey values, then tab20's for many-class datasets (index 0 unused)
-    palette = ["black", "cyan", "yellow", "magenta", "lime", "red", "dodgerblue", "white"] + \
-        list(matplotlib.colormaps["tab20"].colors)
-    colours = ListedColormap((palette * (max(labels) // len(palette) + 1))[: max(labels) + 1])
     columns = ["image", "ground truth"] + list(names)
     fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.4 * len(columns), 2.5 * len(shown)), squeeze=False)
     for row, case in enumerate(shown):
         image, _ = reader.read_images(channel_files(case))
         reference = seg(reference_folder, case)
-        z = _display_slice(reference)
-        picture = _as_picture(image, z)
+        z = display_slice(reference)
+        picture = as_picture(image, z)
         masks = [reference] + [seg(p, case) for p in prediction_folders]
         for col, title in enumerate(columns):
             ax = axes[row, col]
-            ax.imshow(picture, cmap=None if picture.ndim == 3 else "gray", interpolation="nearest")
+            show_image(ax, picture)
             if col > 0:
-                mask = masks[col - 1][z]
-                ax.imshow(np.ma.masked_equal(mask, 0), cmap=colours, vmin=0, vmax=max(labels) + 1 - 1e-6,
-                          alpha=0.45, interpolation="nearest")
+                show_labels(ax, masks[col - 1][z], max(labels))
                 if col > 1:
                     title = f"{title}\nDice {case_dice(masks[col - 1], reference, labels):.3f}"
             else:
@@ -102,11 +124,7 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    temp = f"{out_file}.pid{os.getpid()}.tmp.png"
-    fig.savefig(temp, dpi=80)
-    plt.close(fig)
-    os.replace(temp, out_file)
+    save_figure(fig, out_file)
     return shown
 
 
