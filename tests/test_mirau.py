@@ -252,7 +252,8 @@ def test_cli_resume_inside_the_mim_phase_and_predict(dataset_2d, nnunet_env, tmp
     """One MIM epoch in process (checkpoint_latest written after it, as nnUNet_ssl_save_every=1 makes nnU-Net do),
     then stock nnUNetv2_train --c crosses into the semi-supervised phase and finishes; nnUNetv2_predict."""
     from nnunetv2.run.run_training import get_trainer_from_args
-    for k, v in {"nnUNet_ssl_epochs": "4", "nnUNet_ssl_iters": "2", "nnUNet_ssl_save_every": "1"}.items():
+    # 2 epochs: the MIM phase gets at least one (epoch 0), the semi-supervised phase the other
+    for k, v in {"nnUNet_ssl_epochs": "2", "nnUNet_ssl_iters": "2", "nnUNet_ssl_save_every": "1"}.items():
         monkeypatch.setenv(k, v)
     trainer = get_trainer_from_args("801", "2d", 1, MIRAU, "nnUNetPlans", device=torch.device("cpu"))
     trainer.on_train_start()
@@ -268,12 +269,12 @@ def test_cli_resume_inside_the_mim_phase_and_predict(dataset_2d, nnunet_env, tmp
     assert (latest["current_epoch"], latest["phase"]) == (1, 0)
     assert set(latest["optimizer_states"]) == {"network", "reconstruction_head"}
     run_cli("nnUNetv2_train", "801", "2d", "1", "-tr", MIRAU, "-device", "cpu", "--c",
-            env={"nnUNet_ssl_epochs": "4", "nnUNet_ssl_iters": "2"})
+            env={"nnUNet_ssl_epochs": "2", "nnUNet_ssl_iters": "2"})
     log = open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
     assert "Epoch 1" in log and "Epoch 0" not in log and "Phase 1 (ssl) from epoch 1" in log
     assert all(k in log for k in ("pseudo_loss", "kept_fraction", "Final validation with the teacher weights"))
     final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 4 and final["phase"] == 1 and set(final["optimizer_states"]) == {"network"}
+    assert final["current_epoch"] == 2 and final["phase"] == 1 and set(final["optimizer_states"]) == {"network"}
     assert not any("reconstruction" in k for k in final["network_weights"])
     predict_test_set_2d(dataset_2d, tmp_path / "pred", MIRAU, fold="1")
 
@@ -283,7 +284,7 @@ def test_cli_mim_pretraining_then_pretrained_weights(dataset_2d, nnunet_env, tmp
     (a 1-epoch subclass of nnUNetTrainer) with stock -pretrained_weights, and into MIRA-U's dropout network."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_ssl.trainers.nnUNetTrainerMIRAU import nnUNetTrainerMIRAU
+    from nnunet_ssl.architectures.dropout import dropout_layers
     run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", MIM, "-device", "cpu",
             env={"nnUNet_ssl_epochs": "1", "nnUNet_ssl_iters": "2"})
     folder = os.path.join(nnunet_env["nnUNet_results"], "Dataset801_T2D", f"{MIM}__nnUNetPlans__2d", "fold_2")
@@ -297,11 +298,12 @@ def test_cli_mim_pretraining_then_pretrained_weights(dataset_2d, nnunet_env, tmp
     short = tmp_path / "trainers"
     short.mkdir()
     (short / "nnUNetTrainerTwoSteps.py").write_text(textwrap.dedent("""
+        import torch
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
         class nnUNetTrainerTwoSteps(nnUNetTrainer):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
+            def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+                super().__init__(plans, configuration, fold, dataset_json, device)
                 self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
         """))
     r = run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", "nnUNetTrainerTwoSteps", "-device", "cpu",
@@ -313,7 +315,7 @@ def test_cli_mim_pretraining_then_pretrained_weights(dataset_2d, nnunet_env, tmp
     trainer = make_trainer(fold=2, ssl_phase=False)
     try:
         load_pretrained_weights(trainer.network, pretrained)
-        assert type(trainer).network_dropout is nnUNetTrainerMIRAU.network_dropout
+        assert dropout_layers(trainer.network)
         state = trainer.network.state_dict()
         for key, value in checkpoint["network_weights"].items():
             if ".seg_layers." not in key:
