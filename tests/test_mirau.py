@@ -94,8 +94,9 @@ def test_masked_l1_only_sees_the_hidden_patches():
     x = torch.randn(2, 3, 16, 16)
     mask = patch_mask(x.shape, (8, 8), 0.75)
     masked = mask_patches(x, mask)
-    means = x.mean((2, 3), keepdim=True).expand_as(x)
-    assert torch.equal(masked[mask.expand_as(x).bool()], means[mask.expand_as(x).bool()])  # hidden: channel means
+    visible = 1 - mask
+    means = ((x * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True)).expand_as(x)
+    torch.testing.assert_close(masked[mask.expand_as(x).bool()], means[mask.expand_as(x).bool()])  # visible means
     assert torch.equal(masked[~mask.expand_as(x).bool()], x[~mask.expand_as(x).bool()])  # the rest unchanged
     reconstruction = x.clone().requires_grad_()
     loss = masked_l1(reconstruction, x, mask)  # perfect on every voxel

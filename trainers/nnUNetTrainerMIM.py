@@ -23,11 +23,13 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 
 from nnunet_ssl.core.phases import Phase
 from nnunet_ssl.core.pretraining import MIM_PHASE, nnUNetTrainerSSLWithMIM
+from nnunet_ssl.core.trainer import StepCost
 
 
 class nnUNetTrainerMIM(nnUNetTrainerSSLWithMIM):
     inference_weights = "student"  # the only weights; predicting with them segments nothing useful
     ssl_log_keys = ("reconstruction_loss",)
+    step_cost = StepCost(student_passes=2, teacher_passes=0)  # the masked labeled and unlabeled batch; no teacher
 
     def phases(self) -> List[Phase]:
         return [Phase(MIM_PHASE, 1.0)]

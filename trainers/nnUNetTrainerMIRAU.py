@@ -68,7 +68,8 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
 
     @classmethod
     def declare(cls) -> None:
-        # student fwd+bwd: labeled batch and strong view; no-grad forwards: M teacher passes, the student's weak view
+        # the ssl phase's cost (the MIM phase costs 2 student passes): student fwd+bwd on the labeled batch and the
+        # strong view; no-grad forwards: M teacher passes and the student's weak view
         cls.step_cost = StepCost(student_passes=2, teacher_passes=cls.mc_passes + 1)
 
     def __init_subclass__(cls, **kwargs):

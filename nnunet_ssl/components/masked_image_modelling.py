@@ -2,10 +2,10 @@
 them, L1 on the hidden patches only.
 
     M      = a random set of round(ratio * n) of the n grid patches (8 x 8 in 2D, 8 x 8 x 8 in 3D), per image
-    I_mask = I with the voxels of M set to the image's channel means
+    I_mask = I with the voxels of M set to the image's channel means over its visible voxels
     L_MIM  = sum_{v in M} |I^_v - I_v| / (|M voxels| * channels)
 
-Hidden voxels get the image's own channel means rather than 0: that is 0 for nnU-Net's z-scored inputs and an
+Hidden voxels get the image's own (visible) channel means rather than 0: that is 0 for nnU-Net's z-scored inputs and an
 in-range value for inputs scaled to [0, 1], so the network never sees an intensity the images do not have. A
 patch size not divisible by the patch side gets a partial patch at the far edge, masked or kept as a whole.
 """
@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 
-from nnunet_ssl.components.perturbations import fill_with_channel_means
 
 
 def patch_mask(shape: Sequence[int], patch: Sequence[int], ratio: float, device=None) -> torch.Tensor:
@@ -36,8 +35,12 @@ def patch_mask(shape: Sequence[int], patch: Sequence[int], ratio: float, device=
 
 
 def mask_patches(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """I_mask: the hidden voxels set to each image's channel means."""
-    return fill_with_channel_means(x, mask)
+    """I_mask: the hidden voxels set to each image's channel means over its visible voxels (a mean over the whole
+    image would tell the network a little about what is hidden)."""
+    visible = 1.0 - mask
+    spatial = tuple(range(2, x.dim()))
+    means = (x * visible).sum(spatial, keepdim=True) / visible.sum(spatial, keepdim=True).clamp(min=1.0)
+    return torch.where(mask.bool(), means.expand_as(x), x)
 
 
 def masked_l1(reconstruction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
