@@ -4,7 +4,8 @@ on the last decoder features (nnunet_ssl.core.pretraining). The network is the p
 checkpoint starts any trainer of the same plans with the stock command:
 
     nnUNetv2_train DS CONF FOLD -tr nnUNetTrainerMIM
-    nnUNetv2_train DS CONF FOLD -tr nnUNetTrainer -pretrained_weights .../nnUNetTrainerMIM__.../fold_F/checkpoint_final.pth
+    nnUNetv2_train DS CONF FOLD -tr nnUNetTrainer
+        -pretrained_weights $nnUNet_results/.../nnUNetTrainerMIM__nnUNetPlans__CONF/fold_FOLD/checkpoint_final.pth
 
 nnU-Net's load_pretrained_weights copies every weight of `network_weights` by name except the segmentation layers
 (seg_layers, left at their initialisation); the reconstruction head is a checkpoint entry of its own, not in

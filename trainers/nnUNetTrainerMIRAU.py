@@ -52,7 +52,8 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
     mc_passes = 8  # M (the paper's protocol, code v1; Table 1's best and code v2: 20)
     mc_chunk_size = None  # None: one forward of M x B samples, halved only on out-of-memory
     kappa = 0.5  # w = exp(-sigma / kappa) (code v2)
-    tau_u = 0.15  # m = [sigma < tau_u], on sigma as the paper writes it (code v2 applies it to w: a no-op); None: no mask
+    # m = [sigma < tau_u], on sigma as the paper writes it (code v2 applies it to w, where it never bites); None: no mask
+    tau_u = 0.15
     mean_target = False  # True: y~ = mu, w only as the loss weight (nnUNetTrainerMIRAU_MeanTarget)
     lambda_u, lambda_c, gamma = 1.0, 0.1, 0.01  # code v2
     rampup_fraction = 80 / 150  # T of beta(t), as a share of the ssl phase
