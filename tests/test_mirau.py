@@ -312,14 +312,19 @@ def test_cli_mim_pretraining_then_pretrained_weights(dataset_2d, nnunet_env, tmp
                 env={"nnUNet_extTrainer": os.pathsep.join([nnunet_env["nnUNet_extTrainer"], str(short)])})
     assert "Loading pretrained weights from file" in r.stdout
 
-    # MIRA-U's network has dropout, and the same keys: every weight but the segmentation layers arrives
-    trainer = make_trainer(fold=2, ssl_phase=False)
+    # MIRA-U's network has dropout, and the same keys: every weight but the segmentation layers arrives, in the
+    # student and (built from it when the training starts) in the teacher, as nnUNetv2_train -pretrained_weights
+    # does it: initialize(), load_pretrained_weights(network), then the training
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args("801", "2d", 2, MIRAU, "nnUNetPlans", device=torch.device("cpu"))
+    trainer.initialize()
+    load_pretrained_weights(trainer.network, pretrained)
+    trainer.on_train_start()
     try:
-        load_pretrained_weights(trainer.network, pretrained)
         assert dropout_layers(trainer.network)
-        state = trainer.network.state_dict()
-        for key, value in checkpoint["network_weights"].items():
-            if ".seg_layers." not in key:
-                assert torch.equal(state[key], value.to(state[key].device)), key
+        for state in (trainer.network.state_dict(), trainer.teacher.state_dict()):
+            for key, value in checkpoint["network_weights"].items():
+                if ".seg_layers." not in key:
+                    assert torch.equal(state[key], value.to(state[key].device)), key
     finally:
         trainer.on_train_end()
