@@ -306,6 +306,9 @@ def test_cli_mim_pretraining_then_pretrained_weights(dataset_2d, nnunet_env, tmp
             def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
                 super().__init__(plans, configuration, fold, dataset_json, device)
                 self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+
+            def perform_actual_validation(self, save_probabilities=False):
+                pass  # nnU-Net's own, and slow to start: not what this test is about
         """))
     r = run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", "nnUNetTrainerTwoSteps", "-device", "cpu",
                 "-pretrained_weights", pretrained,
