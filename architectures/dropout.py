@@ -30,21 +30,31 @@ def _dropout_module(option: Dropout, conv: nn.Module) -> nn.Module:
 def insert_dropout(network: nn.Module, option: Dropout) -> nn.Module:
     """Put a dropout layer right after the convolution of every ConvDropoutNormReLU block (nnU-Net's own
     position for `dropout_op`) in the chosen stages; returns the network. Blocks that already have dropout are
-    left alone. State-dict keys of the blocks change (their `all_modules` indices shift), so the network that
-    predicts must be built the same way: through the trainer's build_network_architecture."""
+    left alone.
+
+    The layer is a child of the convolution, applied by a forward hook on it, rather than a new entry of the
+    block's `all_modules`: the state-dict keys stay those of the plain network (dropout has no weights), so a
+    plain nnU-Net checkpoint loads into the dropout network and back (`nnUNetv2_train -pretrained_weights`, an
+    nnUNetTrainerMIM checkpoint into nnUNetTrainerMIRAU). The hook reads the layer from the convolution it is
+    called on, so a deep copy (an EMA teacher) runs its own layer."""
     parts = {"decoder": [network.decoder.stages], "encoder": [network.encoder],
              "all": [network.decoder.stages, network.encoder]}[option.where]
     blocks = [m for part in parts for m in part.modules() if isinstance(m, ConvDropoutNormReLU)]
     if not blocks:
         raise TypeError(f"{type(network).__name__}: no ConvDropoutNormReLU blocks in the {option.where}")
     for block in blocks:
-        if getattr(block, "dropout", None) is not None:
+        if getattr(block, "dropout", None) is not None or hasattr(block.conv, DROPOUT_AFTER):
             continue
-        block.dropout = _dropout_module(option, block.conv)
-        ops = list(block.all_modules)
-        ops.insert(ops.index(block.conv) + 1, block.dropout)
-        block.all_modules = nn.Sequential(*ops)
+        setattr(block.conv, DROPOUT_AFTER, _dropout_module(option, block.conv))
+        block.conv.register_forward_hook(_dropout_after_conv)
     return network
+
+
+DROPOUT_AFTER = "dropout_after"  # the attribute of a convolution that holds its inserted dropout layer
+
+
+def _dropout_after_conv(conv: nn.Module, inputs, output):
+    return getattr(conv, DROPOUT_AFTER)(output)
 
 
 def dropout_layers(network: nn.Module):

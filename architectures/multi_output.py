@@ -13,6 +13,7 @@ through the module (rather than a method of the unwrapped network) keeps DDP's g
 torch.compile in the path.
 """
 import math
+from contextlib import contextmanager
 from typing import Dict, List, Sequence
 
 import torch
@@ -101,7 +102,7 @@ class DecoderFeatures:
 
     def __init__(self, network: nn.Module):
         self.features = None
-        network.decoder.seg_layers[-1].register_forward_pre_hook(self._keep)
+        self.hook = network.decoder.seg_layers[-1].register_forward_pre_hook(self._keep)
 
     def _keep(self, module, inputs):
         self.features = inputs[0]
@@ -111,6 +112,17 @@ class DecoderFeatures:
         if features is None:
             raise RuntimeError("no decoder features captured: run the network's forward first")
         return features
+
+
+@contextmanager
+def captured_decoder_features(network: nn.Module):
+    """DecoderFeatures of `network` (an nnU-Net network, unwrapped) for the block only: the hook is removed
+    afterwards, so copies of the network made later (an EMA teacher) carry none."""
+    features = DecoderFeatures(network)
+    try:
+        yield features
+    finally:
+        features.hook.remove()
 
 
 class MultiHeadNetwork(MultiOutputNetwork):

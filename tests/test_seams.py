@@ -1,5 +1,7 @@
 """The core's building blocks on small modules: EMA by name, warm start and buffers; MC dropout; multi-output
 networks and their mix; dropout as a network option; phases; inference choices in a checkpoint."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -82,6 +84,12 @@ def test_insert_dropout_where_asked_and_predicts_like_the_plain_network_in_eval(
     assert len(dropout_layers(insert_dropout(unet(), Dropout(0.2, "encoder")))) == 3
     for a, b in zip(plain.parameters(), dropped.parameters()):
         assert torch.equal(a, b)  # same initialisation, dropout has no parameters
+    assert list(plain.state_dict()) == list(dropped.state_dict())  # checkpoints load both ways
+    copied = copy.deepcopy(dropped)  # an EMA teacher's copy runs its own dropout layers
+    copied.train()
+    dropped.eval()
+    assert dropout_layers(copied)[0].training and not dropout_layers(dropped)[0].training
+    assert not torch.allclose(copied(torch.ones(1, 3, 16, 16))[0], copied(torch.ones(1, 3, 16, 16))[0])
     plain.eval(), dropped.eval()
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(plain(x)[0], dropped(x)[0])

@@ -22,3 +22,22 @@ def hard_label_dc_ce() -> DC_and_CE_loss:
     (B, 1, *spatial); the labels carry no graph, so the loss trains the logits' side only."""
     return DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": True, "ddp": False}, {}, weight_ce=1,
                           weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CE(y~, p) = -sum_c y~_c log softmax(z)_c per voxel: (B, C, *spatial) -> (B, *spatial). From the logits
+    (log_softmax), which stays finite where a probability underflows. The target carries no graph."""
+    if target.requires_grad:
+        raise ValueError("a soft target must not require grad: compute it under torch.no_grad()")
+    return -(target.float() * torch.log_softmax(logits.float(), 1)).sum(1)
+
+
+def squared_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """||p - q||^2 over classes per voxel: (B, C, *spatial) -> (B, *spatial)."""
+    return ((p.float() - q.float()) ** 2).sum(1)
+
+
+def weighted_voxel_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(weights values) / sum(weights); exactly 0, with zero gradient, where every weight is 0."""
+    weights = weights.float()
+    return (weights * values).sum() / weights.sum().clamp(min=1e-8)

@@ -73,3 +73,48 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
         view[2 + axis] = 2 * radius + 1
         out = conv(F.pad(out, pad, mode="replicate"), kernel.view(view), groups=b * c)
     return out.reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class CutOut:
+    """CutOut (DeVries & Taylor 2017) for a strong view: each sample, with probability p, gets 1..max_holes
+    boxes (number uniform), each side uniform in [side * min_fraction, side * max_fraction] voxels along every
+    spatial axis and placed inside the image, filled with the sample's channel means (0 for nnU-Net's z-scored
+    inputs: no out-of-range values for a [0, 1]-scaled input either). The defaults are MIRA-U's code
+    (CoarseDropout: 1-8 holes of 8-32 px at 256 px, p 0.5). The geometry is unchanged."""
+    max_holes: int = 8
+    max_fraction: float = 1 / 8
+    min_fraction: float = 1 / 32
+    p: float = 0.5
+
+    def __post_init__(self):
+        if self.max_holes < 1 or not 0.0 < self.min_fraction <= self.max_fraction <= 1.0 or not 0 <= self.p <= 1:
+            raise ValueError(f"CutOut needs max_holes >= 1, 0 < min_fraction <= max_fraction <= 1, p in [0, 1]: {self}")
+
+
+def cutout_mask(shape, setting: CutOut, device=None) -> torch.Tensor:
+    """(B, 1, *spatial) float mask, 1 inside the holes."""
+    b, spatial = shape[0], tuple(shape[2:])
+    mask = torch.zeros((b, 1) + spatial, device=device)
+    for i in range(b):
+        if torch.rand(()) >= setting.p:
+            continue
+        for _ in range(int(torch.randint(1, setting.max_holes + 1, ()))):
+            box = [slice(i, i + 1), slice(None)]
+            for s in spatial:
+                low, high = max(1, round(s * setting.min_fraction)), max(1, int(s * setting.max_fraction))
+                extent = int(torch.randint(low, max(low, high) + 1, ()))
+                start = int(torch.randint(0, s - extent + 1, ()))
+                box.append(slice(start, start + extent))
+            mask[tuple(box)] = 1.0
+    return mask
+
+
+def fill_with_channel_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x with the voxels where mask is 1 replaced by each sample's channel means (over the whole image)."""
+    means = x.mean(tuple(range(2, x.dim())), keepdim=True)
+    return torch.where(mask.bool(), means.expand_as(x), x)
+
+
+def cutout(x: torch.Tensor, setting: CutOut) -> torch.Tensor:
+    return fill_with_channel_means(x, cutout_mask(x.shape, setting, x.device))

@@ -88,11 +88,12 @@ class StepCost:
 class UnsupervisedTerm:
     """One unsupervised loss term of a step, with its graph until the next backward: `trains` names the
     optimized modules it should train, `target_from` the module (or "teacher") whose output is its target, or a
-    submodule of one by its path ("network.heads.aspp": another head of the same network)."""
+    submodule of one by its path ("network.heads.aspp": another head of the same network); None where no other
+    module provides it (an entropy term; the trained network's own stop-gradient prediction)."""
     name: str
     value: torch.Tensor
     trains: Tuple[str, ...]
-    target_from: str
+    target_from: Optional[str]
 
 
 class nnUNetTrainerSSL(nnUNetTrainer):
@@ -244,6 +245,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         n_unlabeled = check_pool(self.unlabeled_pool_folder, self.plans_manager.plans, self.configuration_name,
                                  self.plans_manager.dataset_name, self.plans_manager.plans_name)
         super().on_train_start()
+        if self.current_epoch == 0 and self.teacher is not None:
+            # a new training: `nnUNetv2_train -pretrained_weights` loads into the student after initialize() built
+            # the teacher, and a teacher left at the random start would feed targets from it for many steps
+            self.teacher = self.build_teacher()
         if self.draws_unlabeled_batches:
             self.dataloader_unlabeled = self.get_unlabeled_dataloader()
         self.print_to_log_file(f"Unlabeled pool: {n_unlabeled} cases from {self.unlabeled_pool_folder}" +
@@ -301,6 +306,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         resumes inside phase k."""
         self.before_phase(k)
         phase = self.phases()[k]
+        self.current_phase = k  # the seams called below (build_teacher, optimized_modules) build for phase k
         if phase.fresh_weights:  # nnU-Net's initialisation of new networks, loaded into the modules being trained
             unwrap(self.network).load_state_dict(self.fresh_network().state_dict())
             if self.is_ddp:  # each rank drew its own initialisation, and DDP syncs gradients, never weights
@@ -310,7 +316,6 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if phase.restart_optimizer:
             self.configure_network_optimizers()
         self._best_ema = None  # checkpoint_best is chosen within the last phase, never a model of an earlier one
-        self.current_phase = k
         self.on_phase_start(k)
         self.save_checkpoint_at_epoch_start(join(self.output_folder, "checkpoint_latest.pth"))
         self.print_to_log_file(f"Phase {k} ({phase.name}) from epoch {self.phase_starts[k]}")
@@ -342,6 +347,16 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def rampup(self, length_fraction: float) -> float:
         """Gaussian ramp-up over the first `length_fraction` of all training iterations."""
         return gaussian_rampup(self.global_iteration, length_fraction * self.total_iterations)
+
+    @property
+    def phase_iterations(self) -> int:
+        bounds = self.phase_starts + [self.num_epochs]
+        return (bounds[self.current_phase + 1] - bounds[self.current_phase]) * self.num_iterations_per_epoch
+
+    def phase_rampup(self, length_fraction: float) -> float:
+        """Gaussian ramp-up over the first `length_fraction` of the current phase's iterations (a method whose
+        schedule is stated for its semi-supervised stage, after a pretraining phase)."""
+        return gaussian_rampup(self.iteration_in_phase, length_fraction * self.phase_iterations)
 
     def autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
@@ -384,7 +399,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             optimizer.zero_grad(set_to_none=True)
 
     def unsupervised_term(self, name: str, value: torch.Tensor, trains: Tuple[str, ...] = None,
-                          target_from: str = "teacher") -> torch.Tensor:
+                          target_from: Optional[str] = "teacher") -> torch.Tensor:
         """Returns `value` unchanged; records it as the unsupervised term `name` (one of `unsupervised_terms`)
         until the next backward, so that the contract test can check where its gradient goes."""
         self.pending_terms.append(UnsupervisedTerm(name, value, tuple(trains or self.optimized_modules()),
