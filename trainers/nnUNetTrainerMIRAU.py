@@ -30,7 +30,8 @@ from typing import List
 import torch
 
 from nnunet_ssl.architectures.common import full_resolution
-from nnunet_ssl.architectures.dropout import Dropout
+from nnunet_ssl.architectures.dropout import Dropout, insert_dropout
+from nnunet_ssl.architectures.hybrid import build_hybrid_network
 from nnunet_ssl.components.losses import soft_cross_entropy, squared_distance, weighted_voxel_mean
 from nnunet_ssl.components.perturbations import CutOut, Photometric, cutout, photometric
 from nnunet_ssl.components.soft_pseudo_labels import soft_pseudo_labels
@@ -136,6 +137,23 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
 
 
 nnUNetTrainerMIRAU.declare()
+
+
+# ---------------------------------------------------------------------- the paper's student network
+class nnUNetTrainerMIRAU_Hybrid(nnUNetTrainerMIRAU):
+    """MIRA-U with the paper's hybrid CNN-Transformer student (nnunet_ssl.architectures.hybrid: the plans' conv
+    encoder with windowed / shifted-window self-attention at the deeper stages, decoder skips fused by windowed
+    cross-attention), dropout in its decoder stages as the plain network's. nnUNetv2_predict builds it through
+    this method. A 3D plan is refused with the memory estimate when a training step would not fit a 24 GB
+    machine: the labeled and the strong-view passes are back-propagated one after the other, so the step holds
+    one batch's graph (the plans' batch size; the teacher's M passes keep none)."""
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        network = build_hybrid_network(configuration_manager, num_input_channels, num_output_channels,
+                                       enable_deep_supervision, batch_size=configuration_manager.batch_size)
+        return insert_dropout(network, cls.network_dropout)
 
 
 # ---------------------------------------------------------------------- the variant and the paper's ablations
