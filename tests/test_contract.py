@@ -206,3 +206,15 @@ def test_term_check_catches_a_term_without_student_gradient(dataset_2d, nnunet_e
     finally:
         trainer.on_train_end()
     assert reached == {"consistency_loss": False}
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerSGRS", "nnUNetTrainerUAMT", "nnUNetTrainerDualNet",
+                                  "nnUNetTrainerMIRAU"])
+def test_class_map_methods_refuse_region_datasets(name, dataset_2d, monkeypatch):
+    """Their targets are argmax class maps (or soft labels whose removed mass goes to background): a region-based
+    (sigmoid) dataset gets a clear error before training starts."""
+    from nnunet_ssl.utilities.inputs import UserError
+    trainer = build(name, "801", "2d")
+    monkeypatch.setattr(trainer.label_manager, "_has_regions", True)
+    with pytest.raises(UserError, match="region-based"):
+        trainer.on_train_start()

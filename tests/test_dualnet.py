@@ -207,16 +207,6 @@ def test_each_term_trains_its_network_and_not_its_target_provider(dataset_2d, mo
     assert out["a_wins"] == float(winner == "a") and 0.0 < out["ignored_fraction"] <= 0.2 + 1e-6
 
 
-def test_region_datasets_are_refused(dataset_2d, monkeypatch):
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    from nnunet_ssl.core.trainer import RegionTrainingUnsupportedError
-    trainer = get_trainer_from_args("801", "2d", 0, DUALNET, "nnUNetPlans", device=torch.device("cpu"))
-    monkeypatch.setattr(trainer.label_manager, "_has_regions", True)
-    with pytest.raises(RegionTrainingUnsupportedError, match="region-based"):
-        trainer.on_train_start()
-
-
 # ---------------------------------------------------------------------- stock CLIs
 def test_cli_train_resume_predict(dataset_2d, nnunet_env, tmp_path):
     """Stock nnUNetv2_train, --c and nnUNetv2_predict with the default choice (the ensemble); every choice predicts

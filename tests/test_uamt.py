@@ -276,16 +276,6 @@ def test_ablations_declare_their_terms_and_cost():
     assert (nnUNetTrainerUAMT_AMT.step_cost.student_passes, nnUNetTrainerUAMT_AMT.step_cost.teacher_passes) == (2, 1)
 
 
-def test_region_datasets_are_refused(dataset_2d, monkeypatch):
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    from nnunet_ssl.utilities.inputs import UserError
-    trainer = get_trainer_from_args("801", "2d", 0, UAMT, "nnUNetPlans", device=torch.device("cpu"))
-    monkeypatch.setattr(trainer.label_manager, "_has_regions", True)
-    with pytest.raises(UserError, match="region-based"):
-        trainer.on_train_start()
-
-
 # ---------------------------------------------------------------------- stock CLIs
 def test_cli_train_resume_predict_each_choice(dataset_2d, nnunet_env, tmp_path):
     from nnunet_ssl.core.checkpoints import set_inference_weights
