@@ -4,7 +4,6 @@ path, memory at PH2's 2D plan and the 3D refusal."""
 import copy
 import json
 import os
-import resource
 
 import pytest
 import torch
@@ -286,21 +285,25 @@ def test_nnunet_predictor_builds_loads_and_predicts(tmp_path, monkeypatch):
         assert torch.allclose(trained(patch), network(patch))
 
 
-def _rss_bytes():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _resident_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) * 1024
 
 
 def _measure_step(cm, in_channels, classes):
-    """In a forked child (its high-water mark starts at the parent's current size): the resident memory a
-    forward+backward+SGD step adds on top of the built network, and the output shapes."""
+    """In a forked child: the resident memory a forward+backward+SGD step adds on top of the built network, and
+    the output shapes. The child inherits the parent's high-water mark (a long test session's peak), so it is
+    reset first (/proc/self/clear_refs)."""
     network = build_hybrid_network(cm, in_channels, classes, True)
     optimizer = torch.optim.SGD(network.parameters(), 0.01, momentum=0.99, nesterov=True)
     x = torch.randn(cm.batch_size, in_channels, *cm.patch_size)
-    before = _rss_bytes()
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # VmHWM := the current resident set
+    before = _resident_bytes("VmRSS")
     outputs = network(x)
     sum(o.square().mean() for o in outputs).backward()
     optimizer.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _resident_bytes("VmHWM")
     return {"step_bytes": peak - before, "shapes": [list(o.shape) for o in outputs]}
 
 
