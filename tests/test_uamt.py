@@ -277,8 +277,7 @@ def test_ablations_declare_their_terms_and_cost():
 
 
 # ---------------------------------------------------------------------- stock CLIs
-def test_cli_train_resume_predict_each_choice(dataset_2d, nnunet_env, tmp_path):
-    from nnunet_ssl.core.checkpoints import set_inference_weights
+def test_cli_train_resume_predict(dataset_2d, nnunet_env, tmp_path):
     folder = os.path.join(nnunet_env["nnUNet_results"], "Dataset801_T2D", f"{UAMT}__nnUNetPlans__2d", "fold_2")
     run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", UAMT, "-device", "cpu", env={"nnUNet_ssl_epochs": "1"})
     run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", UAMT, "-device", "cpu", "--c", env={"nnUNet_ssl_epochs": "2"})
@@ -291,8 +290,5 @@ def test_cli_train_resume_predict_each_choice(dataset_2d, nnunet_env, tmp_path):
     assert checkpoint["current_epoch"] == 2
     assert sorted(checkpoint["inference_choices"]) == ["student_main", "student_mean", "teacher_main",
                                                        "teacher_mean"]
-    # stock nnUNetv2_predict with the default and with the other weights and mix (all four choices, 2D and 3D, in
-    # process: tests/test_contract.py)
-    for choice in ("teacher_mean", "student_main"):
-        set_inference_weights(final, choice)
-        predict_test_set_2d(dataset_2d, tmp_path / choice, UAMT, fold="2")
+    # stock nnUNetv2_predict with the default choice (all four choices, 2D and 3D, in process: tests/test_contract.py)
+    predict_test_set_2d(dataset_2d, tmp_path / "teacher_mean", UAMT, fold="2")
