@@ -40,11 +40,6 @@ from nnunet_ssl.core.phases import Phase
 from nnunet_ssl.core.pretraining import MIM_PHASE, nnUNetTrainerSSLWithMIM
 from nnunet_ssl.core.teachers import mc_dropout_probabilities
 from nnunet_ssl.core.trainer import StepCost
-from nnunet_ssl.utilities.inputs import UserError
-
-
-class MIRAUConfigurationError(UserError):
-    """A dataset or setting MIRA-U cannot train with; the message says which and why."""
 
 
 class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
@@ -64,6 +59,9 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
                                      noise_std=0.1, p=0.7)
     strong_cutout = CutOut(max_holes=8, max_fraction=1 / 8, p=0.5)  # code v2's CoarseDropout at 256 px
     inference_weights = "teacher"
+    needs_softmax_classes = True
+    softmax_classes_reason = ("MIRA-U's soft pseudo labels give the mass their confidence removes to the background "
+                              "class")
     ssl_log_keys = ("sup_loss", "pseudo_loss", "consistency_loss", "entropy_loss", "reconstruction_loss", "beta",
                     "kept_fraction", "confidence")
     unsupervised_terms = ("pseudo_loss", "consistency_loss", "entropy_loss")
@@ -85,13 +83,6 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
         # at least one epoch of pretraining (a short smoke-test budget would otherwise round it away)
         share = max(self.mim_fraction, 1 / self.num_epochs) if self.num_epochs > 1 else self.mim_fraction
         return [Phase(MIM_PHASE, share), ssl]
-
-    def on_train_start(self):
-        if self.label_manager.has_regions:
-            raise MIRAUConfigurationError(
-                f"{self.__class__.__name__}: this dataset uses region-based (sigmoid) training; MIRA-U's soft pseudo "
-                f"labels give the mass their confidence removes to the background class, so it needs softmax classes")
-        super().on_train_start()
 
     # ------------------------------------------------------------------ the method
     def train_step(self, batch: dict) -> dict:

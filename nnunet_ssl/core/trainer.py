@@ -113,8 +113,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     # why the trainer cannot run under DDP (-num_gpus > 1), None where it can: it then refuses with this reason
     ddp_unsupported: Optional[str] = None
     # the method's targets are argmax class maps (pseudo labels, another network's prediction): it then refuses
-    # region-based datasets (dataset.json with regions_class_order), whose outputs are independent sigmoids
+    # region-based datasets (dataset.json with regions_class_order), whose outputs are independent sigmoids,
+    # giving `softmax_classes_reason` as the cause
     needs_softmax_classes: bool = False
+    softmax_classes_reason: str = "the method's targets are argmax class maps"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -235,8 +237,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                                       f"{self.ddp_unsupported}")
         if self.needs_softmax_classes and self.label_manager.has_regions:
             raise RegionTrainingUnsupportedError(
-                f"{self.__class__.__name__}: this dataset uses region-based (sigmoid) training; the method's targets "
-                f"are argmax class maps, so it needs softmax classes (a dataset.json without regions_class_order)")
+                f"{self.__class__.__name__}: this dataset uses region-based (sigmoid) training; "
+                f"{self.softmax_classes_reason}, so it needs softmax classes (a dataset.json without "
+                f"regions_class_order)")
         if self.is_cascaded:  # the pool has no previous-stage segmentations to feed the second stage
             raise RuntimeError(f"{self.__class__.__name__} does not support cascade configurations "
                                f"({self.configuration_name}); use 2d or 3d_fullres")
