@@ -2,8 +2,10 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
+import torch
 
 from nnunet_ssl.utilities.paths import trainers_folder
 from nnunet_ssl.data.synthetic import write_synthetic_dataset
@@ -84,16 +86,62 @@ def prepare(nnunet_env, dataset_id, dim, configuration, pool=True, **kw):
     return folder
 
 
-def predict_test_set_2d(dataset_2d, out, trainer, fold="0"):
-    """Stock nnUNetv2_predict of Dataset801's two 48x48 test PNGs; each output must be a label map of the
-    image's size. Returns the prediction files."""
+@contextmanager
+def environment(**variables):
+    """os.environ with these variables set, restored afterwards."""
+    old = {k: os.environ.get(k) for k in variables}
+    os.environ.update({k: str(v) for k, v in variables.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def train_in_process(dataset, configuration, fold, trainer, continue_training=False, validate=True, **env):
+    """What `nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -device cpu [--c]` runs once it has parsed its
+    arguments (nnU-Net's run_training: trainer lookup, checkpoint, training, final validation), in this process.
+    For trainers whose family's test runs the stock CLIs as commands: a command's start-up (importing nnU-Net and
+    every trainer module of its tree) is paid once per family, not once per trainer. `validate=False` skips
+    nnU-Net's final validation (its export pool starts processes), for a training that only makes a checkpoint
+    to continue from."""
+    from unittest import mock
+
+    from nnunetv2.run.run_training import run_training
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    with environment(**env), mock.patch.object(nnUNetTrainer, "perform_actual_validation",
+                                               nnUNetTrainer.perform_actual_validation if validate else
+                                               lambda self, save_probabilities=False: None):
+        run_training(dataset, configuration, fold, trainer, continue_training=continue_training,
+                     device=torch.device("cpu"))
+
+
+def predict_test_set_2d(dataset_2d, out, trainer, fold="0", in_process=False):
+    """Stock nnUNetv2_predict of Dataset801's two 48x48 test PNGs (`in_process`: what the command runs with
+    `-npp 0 -nps 0` once it has parsed its arguments); each output must be a label map of the image's size.
+    Returns the prediction files."""
     import glob
 
     import numpy as np
     from PIL import Image
 
-    run_cli("nnUNetv2_predict", "-i", os.path.join(dataset_2d, "imagesTs"), "-o", out, "-d", "801", "-c", "2d",
-            "-f", fold, "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0")
+    images = os.path.join(dataset_2d, "imagesTs")
+    if in_process:
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+        predictor = nnUNetPredictor(tile_step_size=0.5, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(get_output_folder("801", trainer, "nnUNetPlans", "2d"),
+                                                       (fold if fold == "all" else int(fold),), "checkpoint_final.pth")
+        predictor.predict_from_files_sequential(images, str(out))
+    else:
+        run_cli("nnUNetv2_predict", "-i", images, "-o", out, "-d", "801", "-c", "2d", "-f", fold, "-tr", trainer,
+                "-device", "cpu", "-npp", "0", "-nps", "0")
     predictions = sorted(glob.glob(os.path.join(str(out), "*.png")))
     assert len(predictions) == 2
     for p in predictions:

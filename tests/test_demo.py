@@ -1,11 +1,12 @@
 """`nnunet_ssl demo` end to end on its --quick path (the default budget is for people, not CI), and the synthetic
 task's design: the labeled cases are the clear ones, the pool and the test set span clear to faint."""
 import numpy as np
+import pytest
 
 from conftest import nnunet_ssl_cli
 
 
-def test_demo_quick_writes_table_overlays_and_report(tmp_path, nnunet_env):
+def test_demo_quick_writes_table_overlays_and_report(tmp_path, nnunet_env, capsys):
     out = tmp_path / "demo"
     r = nnunet_ssl_cli("demo", "--out", out, "--quick")
     table = [line for line in r.stdout.splitlines() if line.startswith("| nnUNetTrainer")]
@@ -23,8 +24,11 @@ def test_demo_quick_writes_table_overlays_and_report(tmp_path, nnunet_env):
     assert "nnunet_ssl demo" in report and "--quick" in report  # the command that made it
 
     # a second demo into the same folder keeps the first one's models and results
-    r = nnunet_ssl_cli("demo", "--out", out, "--quick", check=False)
-    assert r.returncode == 2 and "holds an earlier demo" in r.stderr and "--overwrite" in r.stderr
+    from nnunet_ssl.commands.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(out), "--quick"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "holds an earlier demo" in err and "--overwrite" in err
 
 
 def _lesion_contrast(image, seg):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import nnunet_ssl_cli, run_cli
+from conftest import train_in_process
 from nnunet_ssl.data.splits import SplitError, ensure_splits
 from nnunet_ssl.data.pool import preprocess_unlabeled
 
@@ -43,13 +43,17 @@ def test_split_is_leave_one_out_over_labeled_cases_only(four_labeled, three_labe
             assert len(fold["val"]) == 1 and sorted(fold["train"] + fold["val"]) == labeled
 
 
-def test_baseline_and_ssl_trainer_train_every_fold_kind_on_four_labeled(four_labeled, nnunet_env):
-    # stock nnUNetTrainer through nnU-Net's own entry points, fold 0, a 1 x 2 iteration budget (nnU-Net's
+def test_baseline_and_ssl_trainer_train_every_fold_kind_on_four_labeled(four_labeled, nnunet_env, capsys):
+    """In process (the commands train every fold kind in the benchmark's, the self-train command's and the
+    family tests)."""
+    from nnunet_ssl.commands.cli import main
+
+    # stock nnUNetTrainer through nnU-Net's own trainer and split, fold 0, a 1 x 2 iteration budget (nnU-Net's
     # nnUNetTrainer_1epoch runs 250 iterations + 50 validation iterations: minutes on CPU for nothing more)
-    r = nnunet_ssl_cli("train", "801", "2d", "0", "-tr", "nnUNetTrainer", "--epochs", "1", "--iters", "2")
-    assert "Using splits from existing split file" in r.stdout
-    # the project's SSL trainer through the stock CLI, fold all; fold 0 validates the same case as the baseline
-    run_cli("nnUNetv2_train", "801", "2d", "all", "-tr", "nnUNetTrainerMeanTeacher", "-device", "cpu")
+    main(["train", "801", "2d", "0", "-tr", "nnUNetTrainer", "--epochs", "1", "--iters", "2", "-device", "cpu"])
+    assert "Using splits from existing split file" in capsys.readouterr().out
+    # the project's SSL trainer as nnUNetv2_train runs it, fold all; fold 0 validates the same case as the baseline
+    train_in_process("801", "2d", "all", "nnUNetTrainerMeanTeacher")
     expected = [c + ".png" for c in _splits(nnunet_env, FOUR)[0]["val"]]
     assert _val_cases(nnunet_env, FOUR, "nnUNetTrainer", 0) == expected
     import torch
@@ -62,7 +66,7 @@ def test_baseline_and_ssl_trainer_train_every_fold_kind_on_four_labeled(four_lab
 
 
 def test_three_labeled_baseline_fold_all_and_ssl_last_fold(three_labeled, nnunet_env):
-    """In process (the stock CLIs on every fold kind: the test above): nnUNetTrainer on fold all and the SSL
+    """In process: nnUNetTrainer on fold all and the SSL
     trainer on the last of the 3 leave-one-out folds start, train a step and validate the split's case."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import nnunet_ssl_cli, predict_test_set_2d, run_cli
+from conftest import predict_test_set_2d, train_in_process
 
 MT = "nnUNetTrainerMeanTeacher"
 
@@ -93,8 +93,12 @@ def _latest_log(folder):
     return open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
 
 
-def test_cli_train_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
-    r = run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", MT, "-device", "cpu")
+def test_train_validate_predict_as_the_stock_clis_do(dataset_2d, nnunet_env, tmp_path, capsys):
+    """nnUNetv2_train and nnUNetv2_predict as those commands run once they have parsed their arguments, in process
+    (the commands themselves for Mean Teacher, killed and continued: tests/test_faults.py)."""
+    from nnunet_ssl.commands.cli import main
+
+    train_in_process("801", "2d", "0", MT)
     folder = _model_folder(nnunet_env, "Dataset801_T2D", "2d", 0)
     log = _latest_log(folder)
     assert "sup_loss" in log and "consistency_loss" in log and "consistency_weight" in log
@@ -105,27 +109,30 @@ def test_cli_train_validate_predict_2d(dataset_2d, nnunet_env, tmp_path):
 
     # --c after a kill -9: tests/test_faults.py
     out = tmp_path / "pred"
-    predict_test_set_2d(dataset_2d, out, MT)
+    predict_test_set_2d(dataset_2d, out, MT, in_process=True)
 
-    # switch prediction to the student weights and back
-    r = nnunet_ssl_cli("set-inference-weights", "-d", "801", "-c", "2d", "-tr", MT, "-f", "0", "--use", "student")
-    assert "teacher -> student" in r.stdout
+    # switch prediction to the student weights
+    capsys.readouterr()
+    main(["set-inference-weights", "-d", "801", "-c", "2d", "-tr", MT, "-f", "0", "--use", "student"])
+    assert "teacher -> student" in capsys.readouterr().out
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
     for k, v in checkpoint["ssl_weights"]["student"].items():
         assert torch.equal(checkpoint["network_weights"][k], v)
 
 
-def test_cli_3d_missing_pool_fails_fast(contract_3d, nnunet_env):
-    """Without a preprocessed pool the stock command stops before any epoch, naming the folder and the command
-    that makes it. (3D training and prediction of every trainer: tests/test_contract.py.)"""
+def test_3d_missing_pool_fails_fast(contract_3d, nnunet_env, capsys):
+    """Without a preprocessed pool nnUNetv2_train's training stops before any epoch, naming the folder and the
+    command that makes it. (3D training and prediction of every trainer: tests/test_contract.py.)"""
+    from nnunet_ssl.data.pool import UnlabeledPoolError
+
     pool = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset812_T3D", "nnUNetPlans_3d_fullres_unlabeled")
     os.replace(pool, pool + ".aside")
     try:
-        r = run_cli("nnUNetv2_train", "812", "3d_fullres", "all", "-tr", MT, "-device", "cpu", check=False)
+        with pytest.raises(UnlabeledPoolError) as error:
+            train_in_process("812", "3d_fullres", "all", MT)
     finally:
         os.replace(pool + ".aside", pool)
-    assert r.returncode != 0
-    output = r.stdout + r.stderr
+    output = str(error.value) + capsys.readouterr().out
     assert "nnUNetPlans_3d_fullres_unlabeled does not exist" in output
     assert "nnunet_ssl preprocess-unlabeled -d Dataset812_T3D -c 3d_fullres" in output
     assert "Epoch 0" not in output

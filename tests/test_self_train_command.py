@@ -1,5 +1,6 @@
-"""`nnunet_ssl self-train` end to end on a tiny 2D dataset on CPU: two rounds with the change filter, a run split
-into parts, a resumed training, the splits of the round datasets, and clean errors for bad input."""
+"""`nnunet_ssl self-train` end to end on a tiny 2D dataset on CPU: two rounds with the change filter, the first
+round's pool predicted in parts, a resumed training, the splits of the round datasets, and clean errors for bad
+input. One chain of commands (each trains and predicts for real), checked by the tests that read it."""
 import hashlib
 import json
 import os
@@ -49,12 +50,43 @@ def source(nnunet_env):
     return {"raw": raw, "pre": pre, "results": nnunet_env["nnUNet_results"]}
 
 
+def _without(args, *options):
+    """args without the given options and their values."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 @pytest.fixture(scope="module")
 def e2e(nnunet_env, source):
-    """Two rounds, run twice; the file states before and after each run."""
+    """Two rounds, the first round's pool predicted in two parts (separate jobs) before the main run, which then
+    runs twice; then the final training, made to look interrupted, continued. The outputs and the file states
+    between the steps."""
     sources_before = _files(source["raw"], source["pre"], content=True)
-    first = nnunet_ssl_cli(*E2E)
     work = os.path.join(source["results"], SOURCE, WORK)
+    pseudo = os.path.join(work, "round_1", "pseudo_labels")
+    part_args = _without(E2E, "-npp", "-nps") + ["-npp", "1", "-nps", "1", "--num-parts", "2"]
+    steps = {"stop": nnunet_ssl_cli(*E2E, "--stop-before", "predict"),
+             "partial_before_parts": os.path.exists(pseudo + ".partial")}
+    steps["part0"] = nnunet_ssl_cli(*part_args, "--part-id", "0")
+    steps["part0_ids"], steps["part0_complete"] = _ids(pseudo + ".partial"), os.path.exists(pseudo)
+    steps["part0_files"] = _files(pseudo + ".partial")
+    # the main run before part 1's job is done: stops, names the part and its cases, predicts nothing itself
+    steps["early"] = nnunet_ssl_cli(*E2E, check=False)
+    steps["after_early"] = _files(pseudo + ".partial")
+    steps["part1"] = nnunet_ssl_cli(*part_args, "--part-id", "1")
+    steps["part1_ids"], steps["partial_after_parts"] = _ids(pseudo), os.path.exists(pseudo + ".partial")
+    steps["parts_record"] = os.path.exists(pseudo + ".parts.json")
+    steps["round_1_built_by_parts"] = os.path.exists(os.path.join(nnunet_env["nnUNet_raw"], "Dataset861_T2DST1"))
+    steps["part_predictions"] = _files(pseudo)
+
+    first = nnunet_ssl_cli(*E2E)
     state = json.load(open(os.path.join(work, "state.json")))
     datasets = [state["round_datasets"][k] for k in ("1", "2")]
     outputs = [os.path.join(source["results"], SOURCE)] + [
@@ -62,9 +94,16 @@ def e2e(nnunet_env, source):
                                                                          "nnUNet_results")]
     after_first = _files(*outputs)
     second = nnunet_ssl_cli(*E2E)
-    return {"first": first, "second": second, "work": work, "datasets": datasets, "env": nnunet_env,
-            "sources_before": sources_before, "sources_after": _files(source["raw"], source["pre"], content=True),
-            "after_first": after_first, "after_second": _files(*outputs), **source}
+    after_second = _files(*outputs)
+
+    # a final training stopped before its end: checkpoint_latest.pth, no checkpoint_final.pth -> continued (--c)
+    fold = os.path.join(source["results"], datasets[1], "nnUNetTrainer__nnUNetPlans__2d", "fold_0")
+    os.replace(os.path.join(fold, "checkpoint_final.pth"), os.path.join(fold, "checkpoint_latest.pth"))
+    resumed = nnunet_ssl_cli(*E2E)
+    return {"first": first, "second": second, "resumed": resumed, "steps": steps, "work": work, "pseudo": pseudo,
+            "fold": fold, "datasets": datasets, "env": nnunet_env, "sources_before": sources_before,
+            "sources_after": _files(source["raw"], source["pre"], content=True),
+            "after_first": after_first, "after_second": after_second, **source}
 
 
 def test_round_datasets_hold_labeled_and_kept_pseudo_labelled_cases(e2e):
@@ -169,51 +208,37 @@ def test_other_settings_are_refused(e2e, capsys):
     assert e.value.code == 2 and "other settings" in capsys.readouterr().err
 
 
-def test_parts_then_full_run_then_resumed_training(nnunet_env, source):
-    """Round 1 predicted in two parts as separate runs, then the main run; then an interrupted final training."""
-    args = ["self-train", "-d", "806", "-c", "2d", "-tr", "nnUNetTrainerNoMirroring", "-f", "all",
-            "--target-ids", "871"] + BUDGET
-    work = os.path.join(source["results"], SOURCE, "self_train_nnUNetTrainerNoMirroring__nnUNetPlans__2d")
-    pseudo = os.path.join(work, "round_1", "pseudo_labels")
-    r = nnunet_ssl_cli(*args, "--stop-before", "predict")
-    assert "train Dataset806_T2D fold all: training" in r.stdout and "stopping before predicting" in r.stdout
-    assert not os.path.exists(pseudo + ".partial")
-
-    part0 = nnunet_ssl_cli(*args, "--num-parts", "2", "--part-id", "0", "-npp", "1", "-nps", "1")
-    assert _ids(pseudo + ".partial") == POOL[0::2] and not os.path.exists(pseudo)
-    assert "parts still to run: --part-id 1" in part0.stdout
-    first_part = _files(pseudo + ".partial")
-    # the main run before part 1's job is done: stops, names the part and its cases, predicts nothing itself
-    early = nnunet_ssl_cli(*args, "-npp", "0", "-nps", "0", check=False)
+def test_first_round_predicted_in_parts_then_the_main_run_then_a_resumed_training(e2e):
+    """Round 1's pool predicted in two parts as separate jobs, then the main run; then an interrupted final
+    training continued."""
+    steps, pseudo = e2e["steps"], e2e["pseudo"]
+    assert "train Dataset806_T2D fold 0: training" in steps["stop"].stdout
+    assert "stopping before predicting" in steps["stop"].stdout and not steps["partial_before_parts"]
+    assert steps["part0_ids"] == POOL[0::2] and not steps["part0_complete"]
+    assert "parts still to run: --part-id 1" in steps["part0"].stdout
+    early = steps["early"]
     assert early.returncode == 2 and "part(s) 1 are not complete" in early.stderr
-    assert ", ".join(POOL[1::2][:5]) in early.stderr and _files(pseudo + ".partial") == first_part
-
-    part1 = nnunet_ssl_cli(*args, "--num-parts", "2", "--part-id", "1", "-npp", "1", "-nps", "1")
-    assert _ids(pseudo) == POOL and not os.path.exists(pseudo + ".partial")  # the last part completes the folder
-    assert "the pool is completely predicted" in part1.stdout
-    assert not os.path.exists(os.path.join(nnunet_env["nnUNet_raw"], "Dataset871_T2DST1"))  # parts only predict
-    predicted = _files(pseudo)
-    assert not os.path.exists(pseudo + ".parts.json")  # the parts' record goes with the complete folder
-    for path, stamp in first_part.items():  # part 0's predictions were not redone
+    assert ", ".join(POOL[1::2][:5]) in early.stderr and steps["after_early"] == steps["part0_files"]
+    # the last part completes the folder; the parts' record goes with it; parts only predict
+    assert steps["part1_ids"] == POOL and not steps["partial_after_parts"] and not steps["parts_record"]
+    assert "the pool is completely predicted" in steps["part1"].stdout and not steps["round_1_built_by_parts"]
+    for path, stamp in steps["part0_files"].items():  # part 0's predictions were not redone
         if path.endswith(".png"):
-            assert predicted[path.replace(pseudo + ".partial", pseudo)] == stamp
+            assert steps["part_predictions"][path.replace(pseudo + ".partial", pseudo)] == stamp
 
-    full = nnunet_ssl_cli(*args, "-npp", "0", "-nps", "0")
-    assert "predict the pool: done" in full.stdout and "to go" not in full.stdout
-    assert _files(pseudo) == predicted
-    assert "[final] train Dataset871_T2DST1 fold all: training" in full.stdout
-    fold = os.path.join(source["results"], "Dataset871_T2DST1", "nnUNetTrainerNoMirroring__nnUNetPlans__2d",
-                        "fold_all")
-    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    full = e2e["first"].stdout
+    assert "[round 1] predict the pool: done" in full  # by the parts: nothing left to predict in round 1
+    assert not [line for line in full.splitlines() if line.startswith("[round 1]") and "to go" in line]
+    assert {p: v for p, v in e2e["after_first"].items() if p.startswith(pseudo + os.sep)} == \
+        steps["part_predictions"]
+    assert "[final] train Dataset862_T2DST2 fold 0: training" in full
 
-    # a training stopped before its end: checkpoint_latest.pth, no checkpoint_final.pth -> continued with --c
-    os.replace(os.path.join(fold, "checkpoint_final.pth"), os.path.join(fold, "checkpoint_latest.pth"))
-    resumed = nnunet_ssl_cli(*args)
-    assert "[final] train Dataset871_T2DST1 fold all: continuing from checkpoint_latest.pth (--c)" in resumed.stdout
-    log = open(os.path.join(work, "logs", "train_Dataset871_T2DST1_fold_all.log"), encoding="utf-8").read()
+    resumed = e2e["resumed"].stdout
+    assert "[final] train Dataset862_T2DST2 fold 0: continuing from checkpoint_latest.pth (--c)" in resumed
+    log = open(os.path.join(e2e["work"], "logs", "train_Dataset862_T2DST2_fold_0.log"), encoding="utf-8").read()
     commands = [line for line in log.splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and not commands[0].endswith("--c") and commands[1].endswith("--c")
-    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    assert os.path.isfile(os.path.join(e2e["fold"], "checkpoint_final.pth"))
 
 
 def test_incomplete_parts_stop_the_main_run(tmp_path):

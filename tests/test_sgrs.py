@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import nnunet_ssl_cli, predict_test_set_2d, run_cli
+from conftest import predict_test_set_2d, train_in_process
 from test_mean_teacher import make_trainer
 
 SGRS = "nnUNetTrainerSGRS"
@@ -105,8 +105,12 @@ def _model_folder(nnunet_env, dataset, configuration, fold, trainer=SGRS):
     return os.path.join(nnunet_env["nnUNet_results"], dataset, f"{trainer}__nnUNetPlans__{configuration}", f"fold_{fold}")
 
 
-def test_cli_train_predict_leaderboard_2d(dataset_2d, nnunet_env, tmp_path):
-    run_cli("nnUNetv2_train", "801", "2d", "0", "-tr", SGRS, "-device", "cpu")
+def test_train_predict_leaderboard_as_the_stock_clis_do(dataset_2d, nnunet_env, tmp_path, capsys):
+    """nnUNetv2_train and nnUNetv2_predict as those commands run once they have parsed their arguments, in process
+    (the commands themselves, for a teacher-student trainer: tests/test_mirau.py), then the leaderboard."""
+    from nnunet_ssl.commands.cli import main
+
+    train_in_process("801", "2d", "0", SGRS)
     folder = _model_folder(nnunet_env, "Dataset801_T2D", "2d", 0)
     log = open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
     for key in ("sup_loss", "con_loss", "nr_loss", "lambda", "delta", "omega", "theta"):
@@ -115,12 +119,13 @@ def test_cli_train_predict_leaderboard_2d(dataset_2d, nnunet_env, tmp_path):
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)
     assert len(checkpoint["logging"]["omega"]) == 2 and "teacher" in checkpoint["ssl_weights"]
     out = tmp_path / "pred"
-    predict_test_set_2d(dataset_2d, out, SGRS)
+    predict_test_set_2d(dataset_2d, out, SGRS, in_process=True)
 
     # the leaderboard reads the real fold: fold 0 evaluated, folds 1-3 (leave-one-out of 4) reported missing
     board = tmp_path / "board"
-    r = nnunet_ssl_cli("leaderboard", "-d", "801", "-c", "2d", "-tr", SGRS, "-o", board, "-np", "1")
-    row = next(line for line in r.stdout.splitlines() if SGRS in line)
+    capsys.readouterr()
+    main(["leaderboard", "-d", "801", "-c", "2d", "-tr", SGRS, "-o", str(board), "-np", "1"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if SGRS in line)
     assert "cross-validation, missing folds 1 2 3 | 1 |" in row
     assert not os.path.exists(os.path.join(folder, "validation", "summary_ssl.json"))  # nothing written there
     assert os.path.isfile(board / "summaries" / "Dataset801_T2D" / f"{SGRS}__nnUNetPlans__2d" / "fold_0" /

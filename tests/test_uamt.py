@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import predict_test_set_2d, run_cli
+from conftest import predict_test_set_2d, train_in_process
 from nnunet_ssl.architectures.aspp import ASPPHead, scaled_rates
 from nnunet_ssl.components.patch_replacement import (from_patches, patch_grid, to_patches,
                                                       uncertainty_replacement)
@@ -276,11 +276,13 @@ def test_ablations_declare_their_terms_and_cost():
     assert (nnUNetTrainerUAMT_AMT.step_cost.student_passes, nnUNetTrainerUAMT_AMT.step_cost.teacher_passes) == (2, 1)
 
 
-# ---------------------------------------------------------------------- stock CLIs
-def test_cli_train_resume_predict(dataset_2d, nnunet_env, tmp_path):
+# ---------------------------------------------------------------------- what the stock CLIs run
+def test_train_resume_predict_as_the_stock_clis_do(dataset_2d, nnunet_env, tmp_path):
+    """nnUNetv2_train, --c and nnUNetv2_predict as those commands run once they have parsed their arguments, in
+    process (the commands themselves, for a teacher-student trainer: tests/test_mirau.py)."""
     folder = os.path.join(nnunet_env["nnUNet_results"], "Dataset801_T2D", f"{UAMT}__nnUNetPlans__2d", "fold_2")
-    run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", UAMT, "-device", "cpu", env={"nnUNet_ssl_epochs": "1"})
-    run_cli("nnUNetv2_train", "801", "2d", "2", "-tr", UAMT, "-device", "cpu", "--c", env={"nnUNet_ssl_epochs": "2"})
+    train_in_process("801", "2d", "2", UAMT, validate=False, nnUNet_ssl_epochs=1)
+    train_in_process("801", "2d", "2", UAMT, continue_training=True, nnUNet_ssl_epochs=2)
     log = open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
     assert "Epoch 1" in log and "Epoch 0" not in log
     assert all(key in log for key in ("mix_cross_loss", "moved_fraction", "uncertainty", "lambda"))
@@ -290,5 +292,5 @@ def test_cli_train_resume_predict(dataset_2d, nnunet_env, tmp_path):
     assert checkpoint["current_epoch"] == 2
     assert sorted(checkpoint["inference_choices"]) == ["student_main", "student_mean", "teacher_main",
                                                        "teacher_mean"]
-    # stock nnUNetv2_predict with the default choice (all four choices, 2D and 3D, in process: tests/test_contract.py)
-    predict_test_set_2d(dataset_2d, tmp_path / "teacher_mean", UAMT, fold="2")
+    # nnUNetv2_predict with the default choice (all four choices, 2D and 3D: tests/test_contract.py)
+    predict_test_set_2d(dataset_2d, tmp_path / "teacher_mean", UAMT, fold="2", in_process=True)

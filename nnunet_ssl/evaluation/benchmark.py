@@ -22,7 +22,7 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    curves, commands and versions.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
-interrupted training continues from its latest checkpoint (--c). The budget is fixed per output folder; runs and
+interrupted training continues from its latest checkpoint (--c; written after every epoch). The budget is fixed per output folder; runs and
 draws can be added later (a larger --runs or --draws with the same folder trains only what is new). Killed at
 any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and renamed; a draw's raw
 dataset is built in a hidden folder and renamed; predictions go to a hidden `.test_predictions_fold_<f>.partial`
@@ -182,7 +182,8 @@ def run_trainer(trainer: str, name: str, raw: str, sub: str, env: dict, info: di
         _say(f"{where}: training {info['epochs']} epochs x {info['iterations_per_epoch']} iterations (log: {log})")
         cmd = [sys.executable, "-m", "nnunet_ssl", "train", name, configuration, str(fold), "-tr", trainer,
                "-p", plans, "--epochs", str(info["epochs"]), "--iters", str(info["iterations_per_epoch"]),
-               "-device", device, "--stats-json", stats_file]
+               "-device", device, "--stats-json", stats_file,
+               "--save-every", "1"]  # a killed benchmark loses at most one epoch of a training (nnU-Net: 50)
         if info.get("val_iterations"):
             cmd += ["--val-iters", str(info["val_iterations"])]
         if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
