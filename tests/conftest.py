@@ -138,6 +138,7 @@ def predict_test_set_2d(dataset_2d, out, trainer, fold="0", in_process=False):
                                     device=torch.device("cpu"), allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(get_output_folder("801", trainer, "nnUNetPlans", "2d"),
                                                        (fold if fold == "all" else int(fold),), "checkpoint_final.pth")
+        os.makedirs(out, exist_ok=True)  # as nnUNetv2_predict does
         predictor.predict_from_files_sequential(images, str(out))
     else:
         run_cli("nnUNetv2_predict", "-i", images, "-o", out, "-d", "801", "-c", "2d", "-f", fold, "-tr", trainer,

@@ -34,7 +34,9 @@ def _no_temp_left(nnunet_env):
     return not [d for d in os.listdir(_pre_base(nnunet_env)) if ".partial-" in d]
 
 
-def test_pool_is_preprocessed_without_touching_labeled_dataset(raw_2d, nnunet_env):
+def test_pool_is_preprocessed_without_touching_labeled_dataset(raw_2d, nnunet_env, capsys):
+    from nnunet_ssl.commands.cli import main
+
     base = _pre_base(nnunet_env)
     own_files = ["dataset_fingerprint.json", "nnUNetPlans.json", "dataset.json"]
     before = {f: _digest(os.path.join(base, f)) for f in own_files}
@@ -64,8 +66,10 @@ def test_pool_is_preprocessed_without_touching_labeled_dataset(raw_2d, nnunet_en
     assert set(np.unique(seg[:])) <= {-1, 0}
     # re-running is safe and does nothing when up to date
     mtime = os.path.getmtime(os.path.join(pool, POOL_MANIFEST))
-    r = nnunet_ssl_cli("preprocess-unlabeled", "-d", "803", "-c", "2d", "-np", "1")
-    assert "up to date" in r.stdout and "existing split kept (3 folds)" in r.stdout
+    capsys.readouterr()
+    main(["preprocess-unlabeled", "-d", "803", "-c", "2d", "-np", "1"])  # in process (the command: above)
+    out = capsys.readouterr().out
+    assert "up to date" in out and "existing split kept (3 folds)" in out
     assert os.path.getmtime(os.path.join(pool, POOL_MANIFEST)) == mtime
 
 
@@ -99,11 +103,15 @@ def test_bad_unlabeled_file_is_named_and_pool_is_left_intact(raw_2d, nnunet_env,
         os.remove(path)
 
 
-def test_bad_input_on_the_cli_exits_with_a_message(raw_2d, nnunet_env):
+def test_bad_input_on_the_cli_exits_with_a_message(raw_2d, nnunet_env, capsys):
+    from nnunet_ssl.commands.cli import main
+
     path = _with_extra_file(raw_2d, "unl_bad_0000.jpg", lambda p: Image.new("RGB", (40, 40)).save(p))
     try:
-        r = nnunet_ssl_cli("preprocess-unlabeled", "-d", "803", "-c", "2d", check=False)
-        assert r.returncode == 2 and "unl_bad_0000.jpg" in r.stderr and "Traceback" not in r.stderr
+        with pytest.raises(SystemExit) as e:
+            main(["preprocess-unlabeled", "-d", "803", "-c", "2d"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "unl_bad_0000.jpg" in err and "Traceback" not in err
     finally:
         os.remove(path)
 
