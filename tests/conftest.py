@@ -2,7 +2,7 @@
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -10,11 +10,26 @@ import torch
 from nnunet_ssl.utilities.paths import trainers_folder
 from nnunet_ssl.data.synthetic import write_synthetic_dataset
 
-# test-only trainers that exercise the core's seams (a dual-head network; two networks with an ensemble)
+# a test-only trainer that exercises the core's seams (a dual-head network)
 SEAM_TRAINERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seam_trainers")
 CPU_ENV = {"nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "0",
            "nnUNet_ssl_epochs": "2", "nnUNet_ssl_iters": "3", "nnUNet_ssl_val_iters": "1",
            "OMP_NUM_THREADS": "2"}
+
+
+@contextmanager
+def environment(**variables):
+    """os.environ with these variables set, restored afterwards."""
+    old = {k: os.environ.get(k) for k in variables}
+    os.environ.update({k: str(v) for k, v in variables.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -23,14 +38,8 @@ def nnunet_env(tmp_path_factory):
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
            "nnUNet_results": str(root / "results"),
            "nnUNet_extTrainer": os.pathsep.join([trainers_folder(), SEAM_TRAINERS]), **CPU_ENV}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environment(**env):
+        yield env
 
 
 def run_cli(*cmd, env=None, check=True):
@@ -86,21 +95,6 @@ def prepare(nnunet_env, dataset_id, dim, configuration, pool=True, **kw):
     return folder
 
 
-@contextmanager
-def environment(**variables):
-    """os.environ with these variables set, restored afterwards."""
-    old = {k: os.environ.get(k) for k in variables}
-    os.environ.update({k: str(v) for k, v in variables.items()})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def train_in_process(dataset, configuration, fold, trainer, continue_training=False, validate=True, **env):
     """What `nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -device cpu [--c]` runs once it has parsed its
     arguments (nnU-Net's run_training: trainer lookup, checkpoint, training, final validation), in this process.
@@ -113,9 +107,8 @@ def train_in_process(dataset, configuration, fold, trainer, continue_training=Fa
     from nnunetv2.run.run_training import run_training
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    with environment(**env), mock.patch.object(nnUNetTrainer, "perform_actual_validation",
-                                               nnUNetTrainer.perform_actual_validation if validate else
-                                               lambda self, save_probabilities=False: None):
+    skip_validation = mock.patch.object(nnUNetTrainer, "perform_actual_validation", lambda self, *args: None)
+    with environment(**env), (nullcontext() if validate else skip_validation):
         run_training(dataset, configuration, fold, trainer, continue_training=continue_training,
                      device=torch.device("cpu"))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import predict_test_set_2d, run_cli
+from conftest import predict_test_set_2d, run_cli, train_in_process
 from nnunet_ssl.components.cross_supervision import (class_prototypes, entropy_filter, kl_weighted_pseudo_label_loss,
                                                      masked_cross_entropy, prototype_infonce, top_percent)
 from nnunet_ssl.components.uncertainty import entropy
@@ -209,10 +209,11 @@ def test_each_term_trains_its_network_and_not_its_target_provider(dataset_2d, mo
 
 # ---------------------------------------------------------------------- stock CLIs
 def test_cli_train_resume_predict(dataset_2d, nnunet_env, tmp_path):
-    """Stock nnUNetv2_train, --c and nnUNetv2_predict with the default choice (the ensemble); every choice predicts
-    as nnUNetv2_predict loads it, 2D and 3D, in process: tests/test_contract.py."""
+    """One epoch as nnUNetv2_train runs it, in process and without its final validation; then the stock commands:
+    nnUNetv2_train --c and nnUNetv2_predict with the default choice (the ensemble); every choice predicts as
+    nnUNetv2_predict loads it, 2D and 3D, in process: tests/test_contract.py."""
     folder = os.path.join(nnunet_env["nnUNet_results"], "Dataset801_T2D", f"{DUALNET}__nnUNetPlans__2d", "fold_1")
-    run_cli("nnUNetv2_train", "801", "2d", "1", "-tr", DUALNET, "-device", "cpu", env={"nnUNet_ssl_epochs": "1"})
+    train_in_process("801", "2d", "1", DUALNET, validate=False, nnUNet_ssl_epochs=1)
     run_cli("nnUNetv2_train", "801", "2d", "1", "-tr", DUALNET, "-device", "cpu", "--c",
             env={"nnUNet_ssl_epochs": "2"})
     log = open(sorted(glob.glob(os.path.join(folder, "training_log_*.txt")))[-1]).read()
