@@ -1,4 +1,6 @@
 """bench-step's compute floor follows what each trainer declares (step_cost, optimized_modules, teacher)."""
+import math
+
 import torch
 
 from nnunet_ssl.architectures.common import unwrap
@@ -41,3 +43,21 @@ def test_step_memory_in_a_fresh_process_and_its_columns(dataset_2d, nnunet_env):
                       "step_memory": m} for name, m in (("nnUNetTrainer", 2 ** 30), ("nnUNetTrainerDualNet", 2 ** 31))}
     table = format_results(results, "nnUNetTrainer")
     assert "step memory (GiB) | memory ratio |" in table and "| 2.00 | 2.00 |" in table
+
+
+def test_timed_phase_is_the_one_step_cost_describes(dataset_2d, nnunet_env):
+    """MIRA-U is timed in its semi-supervised phase (entered as a training enters it), not in the pretraining
+    phase its training starts with; a pretraining-only trainer stays in its one phase."""
+    from nnunet_ssl.evaluation.bench_step import _stop_data_loaders, enter_timed_phase
+
+    for name, phase, key in (("nnUNetTrainerMIRAU", "ssl", "kept_fraction"),
+                             ("nnUNetTrainerMIM", "mim", "reconstruction_loss")):
+        trainer = _build(name)
+        trainer.on_train_start()
+        try:
+            assert trainer.current_phase == 0 and enter_timed_phase(trainer) == phase
+            assert trainer.phases()[trainer.current_phase].name == phase
+            # the step is that phase's: its own term is computed (a pretraining step logs the others as NaN)
+            assert math.isfinite(trainer.train_step(next(trainer.dataloader_train))[key])
+        finally:
+            _stop_data_loaders(trainer)

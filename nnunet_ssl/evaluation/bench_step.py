@@ -1,6 +1,7 @@
 """`nnunet_ssl bench-step`: time training iterations of several trainers in one run, and the compute floor.
 
-For each trainer: build it exactly as nnUNetv2_train does, start its data loaders, warm up, then time
+For each trainer: build it exactly as nnUNetv2_train does, start its data loaders, enter the phase its step_cost
+describes (enter_timed_phase: MIRA-U's semi-supervised phase, not its pretraining phase), warm up, then time
 `train_step(next(dataloader_train))` (data loading included, as in training) in interleaved blocks so drift
 of the machine hits all trainers alike. Each trainer's compute floor is measured from what it declares
 (`nnUNetTrainerSSL.step_cost`: student passes per optimized network, teacher passes including MC-dropout
@@ -107,6 +108,21 @@ def _build_in(results: str, dataset: str, configuration: str, fold, name: str, p
     return t
 
 
+def enter_timed_phase(trainer) -> str:
+    """Move a started trainer to the phase its step_cost describes and return that phase's name: the first phase
+    that is not masked-image-modelling pretraining (MIRA-U's semi-supervised phase, whose step costs several times
+    a pretraining step), entered as a training enters it. A trainer without phases, or with pretraining only
+    (nnUNetTrainerMIM), stays where it is."""
+    from nnunet_ssl.core.pretraining import MIM_PHASE
+
+    phases = trainer.phases() if hasattr(trainer, "phases") else []
+    timed = next((k for k, phase in enumerate(phases) if phase.name != MIM_PHASE), 0)
+    if timed != getattr(trainer, "current_phase", 0):
+        trainer.current_epoch = trainer.phase_starts[timed]
+        trainer.on_epoch_start()  # the phase start: what a training does at this epoch
+    return phases[timed].name if phases else "training"
+
+
 def _stop_data_loaders(trainer) -> None:
     """What nnUNetTrainer.on_train_end does to its data loaders (and nnUNetTrainerSSL's unlabeled loader), without
     saving checkpoint_final.pth: every multi-process augmenter the trainer holds."""
@@ -128,12 +144,13 @@ def bench(dataset: str, configuration: str, trainers: List[str], fold="0", itera
     for name in trainers:
         trainer_class(name)  # also adds the plugin's trainers to nnUNet_extTrainer
     fold = fold if fold == "all" else int(fold)
-    built = {}
+    built, phases = {}, {}
     with tempfile.TemporaryDirectory(prefix="nnunet_ssl_bench_step_") as results:
         try:
             for name in trainers:
                 t = built[name] = _build_in(results, dataset, configuration, fold, name, plans, device)
                 t.on_train_start()
+                phases[name] = enter_timed_phase(t)
                 t.network.train()
                 for _ in range(warmup):
                     t.train_step(next(t.dataloader_train))
@@ -142,8 +159,8 @@ def bench(dataset: str, configuration: str, trainers: List[str], fold="0", itera
             for _ in range(blocks):
                 for name, t in built.items():
                     step_times[name] += _timed(lambda: t.train_step(next(t.dataloader_train)), per_block)
-            return {name: {"s_per_iter": float(np.median(step_times[name])), **compute_floor(t, floor_repeats)}
-                    for name, t in built.items()}
+            return {name: {"s_per_iter": float(np.median(step_times[name])), "phase": phases[name],
+                           **compute_floor(t, floor_repeats)} for name, t in built.items()}
         finally:
             for t in built.values():
                 _stop_data_loaders(t)
@@ -166,6 +183,7 @@ def measure_step_memory(dataset: str, configuration: str, name: str, fold="0", s
         t = _build_in(results, dataset_name(dataset), configuration, fold, name, plans, device)
         try:
             t.on_train_start()
+            enter_timed_phase(t)
             t.network.train()
             batches = [next(t.dataloader_train) for _ in range(steps)]  # loaded before: the steps' own memory
             gc.collect()
@@ -204,12 +222,13 @@ def format_results(results: Dict[str, dict], reference: str) -> str:
     ref = results[reference]["s_per_iter"]
     floor_ref = results[reference]["supervised_fwd_bwd"]
     memory = all("step_memory" in r for r in results.values())
-    header = "| trainer | s/iter (median) | ratio to " + reference + " | compute floor ratio |"
+    header = "| trainer | phase timed | s/iter (median) | ratio to " + reference + " | compute floor ratio |"
     lines = [header + (" step memory (GiB) | memory ratio |" if memory else ""),
-             "|---|---|---|---|" + ("---|---|" if memory else "")]
+             "|---|---|---|---|---|" + ("---|---|" if memory else "")]
     for name, r in results.items():
         floor = 1.0 if name == reference else r["teacher_student_floor"] / floor_ref
-        line = f"| {name} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / ref:.2f} | {floor:.2f} |"
+        line = (f"| {name} | {r.get('phase', 'training')} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / ref:.2f} | "
+                f"{floor:.2f} |")
         if memory:
             ratio = r["step_memory"] / results[reference]["step_memory"] if results[reference]["step_memory"] else \
                 float("nan")
