@@ -58,6 +58,17 @@ def nnunet_ssl_cli(*args, **kw):
     return run_cli(sys.executable, "-m", "nnunet_ssl", *args, **kw)
 
 
+def refused(capsys, argv) -> str:
+    """`nnunet_ssl ARGV` in process must refuse (exit 2, as a user error ends); returns what it wrote to stderr."""
+    from nnunet_ssl.commands.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
 def plan_and_preprocess(dataset_id, configuration):
     """What `nnUNetv2_plan_and_preprocess -d ID -c CONF --verify_dataset_integrity` does, in process, with one
     change for speed: the fingerprint samples 1e5 foreground voxels for its intensity statistics instead of 1e8

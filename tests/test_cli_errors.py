@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from conftest import refused
 from nnunet_ssl.commands.cli import PASS_THROUGH, main
 
 BAD_DATASET = [
@@ -36,10 +37,7 @@ UNSET_RESULTS = [
 
 
 def _clean_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = refused(capsys, argv).strip().splitlines()
     assert err and err[-1].startswith("nnunet_ssl: error: ") and "Traceback" not in "\n".join(err), err
     return err[-1]
 

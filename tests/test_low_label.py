@@ -67,8 +67,8 @@ def test_baseline_and_ssl_trainer_train_every_fold_kind_on_four_labeled(four_lab
 
 
 def test_three_labeled_baseline_fold_all_and_ssl_last_fold(three_labeled, nnunet_env):
-    """In process: nnUNetTrainer on fold all and the SSL
-    trainer on the last of the 3 leave-one-out folds start, train a step and validate the split's case."""
+    """In process: nnUNetTrainer on fold all and the SSL trainer on the last of the 3 leave-one-out folds start,
+    train a step and validate the split's case."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
     labeled, last_fold = [f"case{i:03d}" for i in range(3)], _splits(nnunet_env, THREE)[2]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import refused
 from nnunet_ssl.commands.cli import main
 from nnunet_ssl.evaluation.uncertainty_maps import (MAP_UNITS, _predictor_class, case_statistics, csv_text,
                                                     encode_map, mean_prediction, probabilities_and_entropy, ranked,
@@ -151,13 +152,6 @@ def _read(path):
     return np.array(Image.open(path))
 
 
-def _error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    return capsys.readouterr().err
-
-
 def test_cli_stock_model_and_dropout_model(dataset_2d, nnunet_env, tmp_path, monkeypatch, capsys):
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -198,17 +192,17 @@ def test_cli_stock_model_and_dropout_model(dataset_2d, nnunet_env, tmp_path, mon
 
     # a second run into the same folder is refused; bad input names the file and the problem
     argv = ["predict-uncertainty", "-i", images, "-o", str(out), "-d", "801", "-c", "2d", "-f", "0", "-device", "cpu"]
-    assert "already holds" in _error(argv, capsys) and "--overwrite" in _error(argv, capsys)
-    assert "fold_1" in _error(argv[:-4] + ["-f", "1", "-device", "cpu"], capsys)
-    assert "does not exist" in _error(["predict-uncertainty", "-i", images, "-o", str(tmp_path / "x"),
-                                       "-m", str(tmp_path / "nowhere")], capsys)
+    assert "already holds" in refused(capsys, argv) and "--overwrite" in refused(capsys, argv)
+    assert "fold_1" in refused(capsys, argv[:-4] + ["-f", "1", "-device", "cpu"])
+    assert "does not exist" in refused(capsys, ["predict-uncertainty", "-i", images, "-o", str(tmp_path / "x"),
+                                       "-m", str(tmp_path / "nowhere")])
     bad = tmp_path / "bad"
     bad.mkdir()
-    assert "no images ending in .png" in _error(argv[:2] + [str(bad)] + argv[3:], capsys)
+    assert "no images ending in .png" in refused(capsys, argv[:2] + [str(bad)] + argv[3:])
     os.link(os.path.join(images, "test000_0000.png"), bad / "test000_0001.png")
     os.link(os.path.join(images, "test001_0000.png"), bad / "test001_0000.png")
     os.link(os.path.join(images, "test001_0000.png"), bad / "test001_0001.png")
-    assert "test000 has channels _0001" in _error(argv[:2] + [str(bad)] + argv[3:], capsys)
+    assert "test000 has channels _0001" in refused(capsys, argv[:2] + [str(bad)] + argv[3:])
 
     # a network with dropout (UAMT's ASPP head; untrained weights do): MC dropout, mutual information maps
     trainer = get_trainer_from_args("801", "2d", "0", "nnUNetTrainerUAMT", "nnUNetPlans", device=torch.device("cpu"))

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import plan_and_preprocess, prepare
+from conftest import plan_and_preprocess, prepare, refused
 from nnunet_ssl.data.pool import (POOL_MANIFEST, UnlabeledPoolError, check_pool, preprocess_unlabeled,
                                   preprocessed_pool_folder)
 from nnunet_ssl.data.synthetic import write_synthetic_dataset
@@ -145,13 +145,9 @@ def test_unlabeled_id_of_a_labeled_case_is_refused_before_any_work(many_2d, nnun
 
 
 def test_missing_configuration_fails_before_writing_and_default_is_the_plans(many_2d, nnunet_env, capsys):
-    from nnunet_ssl.commands.cli import main
-
     base = _reset_2d(nnunet_env)
-    with pytest.raises(SystemExit) as e:
-        main(["preprocess-unlabeled", "-d", "831", "-c", "2d", "3d_fullres"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "has no configuration '3d_fullres' (available: 2d)" in err, err
+    err = refused(capsys, ["preprocess-unlabeled", "-d", "831", "-c", "2d", "3d_fullres"])
+    assert "has no configuration '3d_fullres' (available: 2d)" in err, err
     assert not os.path.exists(preprocessed_pool_folder(base, "nnUNetPlans_2d"))
     assert not os.path.exists(os.path.join(base, "splits_final.json")) and not _partials(base)
     # no -c: the plans' configurations (2d only, for PNGs)

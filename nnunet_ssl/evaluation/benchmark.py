@@ -22,12 +22,12 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    curves, commands and versions.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
-interrupted training continues from its latest checkpoint (--c; written after every epoch). The budget is fixed per output folder; runs and
-draws can be added later (a larger --runs or --draws with the same folder trains only what is new). Killed at
-any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and renamed; a draw's raw
-dataset is built in a hidden folder and renamed; predictions go to a hidden `.test_predictions_fold_<f>.partial`
-folder (removed by the next run, never read by the leaderboard), are renamed into place, and count as done only
-once their summary_ssl.json is written.
+interrupted training continues from its latest checkpoint (--c; written after every epoch). The budget is fixed
+per output folder; runs and draws can be added later (a larger --runs or --draws with the same folder trains only
+what is new). Killed at any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and
+renamed; a draw's raw dataset is built in a hidden folder and renamed; predictions go to a hidden
+`.test_predictions_fold_<f>.partial` folder (removed by the next run, never read by the leaderboard), are renamed
+into place, and count as done only once their summary_ssl.json is written.
 
 Output folder layout (stable; the project's issues report numbers from it):
   benchmark.json                 dataset, configuration, plans, fold, budget, device, runs, draws, each draw's
