@@ -1,5 +1,6 @@
 """`nnunet_ssl demo` end to end on its --quick path (the default budget is for people, not CI), and the synthetic
-task's design: the labeled cases are the clear ones, the pool and the test set span clear to faint."""
+task's design: the labeled cases are small and clear, the pool and the test set span small to large and clear to
+faint."""
 import numpy as np
 
 from conftest import nnunet_ssl_cli, refused
@@ -32,21 +33,26 @@ def _lesion_contrast(image, seg):
     return grey[seg == 0].mean() - grey[seg > 0].mean()
 
 
-def test_labeled_cases_are_clear_and_the_pool_spans_faint_ones(tmp_path):
+def test_labeled_cases_are_small_and_clear_and_the_test_set_spans_large_and_faint_ones(tmp_path):
     from PIL import Image
 
+    from nnunet_ssl.commands.demo import TASK
     from nnunet_ssl.data.synthetic import make_case_2d, write_synthetic_dataset
 
     rng = np.random.default_rng(0)
     clear = [_lesion_contrast(*make_case_2d(rng, 64, 0.0)) for _ in range(8)]
     faint = [_lesion_contrast(*make_case_2d(rng, 64, 1.0)) for _ in range(8)]
     assert min(clear) > 2 * max(faint) > 0  # faint lesions are darker than skin, but much less
+    small = [(make_case_2d(rng, 64, 0.0, 0.1)[1] > 0).sum() for _ in range(8)]
+    large = [(make_case_2d(rng, 64, 0.0, 0.45)[1] > 0).sum() for _ in range(8)]
+    assert min(large) > 10 * max(small)
 
-    folder = write_synthetic_dataset(str(tmp_path), 991, dim=2, n_labeled=4, n_unlabeled=2, n_test=12)
-    def contrasts(sub):
+    folder = write_synthetic_dataset(str(tmp_path), 991, dim=2, n_labeled=4, n_unlabeled=2, n_test=12, **TASK)
+    def cases(sub):
         images = sorted((tmp_path / folder / f"images{sub}").glob("*.png"))
-        return [_lesion_contrast(np.asarray(Image.open(i)),
-                                 np.asarray(Image.open(str(i).replace(f"images{sub}", f"labels{sub}")
-                                                       .replace("_0000.png", ".png")))) for i in images]
-    labeled, test = contrasts("Tr"), contrasts("Ts")
-    assert min(labeled) > np.percentile(test, 25)  # the test set holds fainter lesions than any labeled one
+        return [(np.asarray(Image.open(i)), np.asarray(Image.open(str(i).replace(f"images{sub}", f"labels{sub}")
+                                                                  .replace("_0000.png", ".png")))) for i in images]
+    labeled, test = cases("Tr"), cases("Ts")
+    # the test set holds fainter and larger lesions than any labeled one
+    assert min(_lesion_contrast(*c) for c in labeled) > np.percentile([_lesion_contrast(*c) for c in test], 25)
+    assert max((seg > 0).sum() for _, seg in labeled) < np.percentile([(seg > 0).sum() for _, seg in test], 50)

@@ -1,10 +1,12 @@
 """`nnunet_ssl demo`: the main job on an embedded default, no download.
 
-The synthetic task (nnunet_ssl.data.synthetic) is built so that the unlabeled images carry information the
-labeled ones lack: the 4 labeled cases show only clearly visible lesions, while the unlabeled pool and the test
-set span clear to barely visible ones. A supervised model learns the lesion's appearance from the clear cases
-only; a semi-supervised one also sees the faint appearance in the unlabeled pool, and its consistency and
-pseudo-label terms can carry the labeled cases' knowledge along that range.
+The synthetic task (nnunet_ssl.data.synthetic, TASK below) is built so that the unlabeled images carry
+information the labeled ones lack: the 4 labeled cases show only small, clearly visible lesions, while the
+unlabeled pool and the test set span small to large (up to about 2.5 times the largest labeled radius, beyond
+nnU-Net's scale augmentation) and clear to barely visible ones. A supervised model learns "lesion" at the
+labeled cases' scale only; a semi-supervised one also sees the whole range of sizes in the unlabeled batches,
+and its pseudo-label and consistency terms can carry what it learned from the small lesions to the larger ones
+(the pool holds every size in between).
 
 The demo plans and preprocesses the dataset with stock nnU-Net, preprocesses the unlabeled pool, trains each
 trainer with the same budget (fold `all`: 4 labeled cases are too few for 5 folds), predicts the test set with
@@ -21,6 +23,9 @@ DEMO_DATASET_ID = 990
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerSGRS")
 DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25
 CASES = {"n_labeled": 4, "n_unlabeled": 40, "n_test": 20}
+# the labeled cases: small (radius 0.1 to 0.2 of the side) and clear lesions; the pool and the test set: radius
+# 0.1 to 0.45, faintness 0 to 1
+TASK = {"labeled_faintness": (0.0, 0.2), "labeled_lesion_size": (0.1, 0.2), "lesion_size": (0.1, 0.45)}
 # --quick: the whole pipeline on a tiny dataset (the test suite runs it); its numbers mean nothing
 QUICK = {"epochs": 1, "iterations": 2, "cases": {"n_labeled": 4, "n_unlabeled": 6, "n_test": 3}}
 # what the demo writes into its --out folder (--overwrite removes these, and only these)
@@ -103,15 +108,15 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = None, iters: int = None
     configuration = "2d" if dim == 2 else "3d_fullres"
     commands = []
 
-    def run(cmd, **extra_env):
+    def run(cmd, progress=None, **extra_env):
         cmd = [str(c) for c in cmd]
         print("$ " + " ".join(cmd), flush=True)
         commands.append(cmd)
-        return run_logged(cmd, log, {**os.environ, **extra_env}, error=UserError)
+        return run_logged(cmd, log, {**os.environ, **extra_env}, error=UserError, epochs=epochs, progress=progress)
 
     t0 = time.time()
     folder = write_synthetic_dataset(env["nnUNet_raw"], DEMO_DATASET_ID, f"SSLDemo{dim}D", dim=dim, seed=seed,
-                                     **(QUICK["cases"] if quick else CASES))
+                                     **TASK, **(QUICK["cases"] if quick else CASES))
     print(f"Synthetic dataset: {folder}")
     run(["nnUNetv2_plan_and_preprocess", "-d", DEMO_DATASET_ID, "-c", configuration, "-np", "2",
          "--verify_dataset_integrity"],
@@ -125,7 +130,8 @@ def run_demo(out: str = "nnunet_ssl_demo", epochs: int = None, iters: int = None
     rows, predictions = [], []
     for trainer in trainers:
         _, train_seconds = run([sys.executable, "-m", "nnunet_ssl", "train", DEMO_DATASET_ID, configuration, "all",
-                                "-tr", trainer, "--epochs", epochs, "--iters", iters, "-device", device, "--no-val"])
+                                "-tr", trainer, "--epochs", epochs, "--iters", iters, "-device", device, "--no-val"],
+                                progress=f"training {trainer}")
         pred = os.path.join(out, "predictions", trainer)
         run(["nnUNetv2_predict", "-i", os.path.join(folder, "imagesTs"), "-o", pred, "-d", DEMO_DATASET_ID,
              "-c", configuration, "-f", "all", "-tr", trainer, "-device", device, "-npp", "0", "-nps", "0",

@@ -1,7 +1,7 @@
 """Synthetic semi-supervised datasets (no download): few labeled, many unlabeled, a labeled test set.
 
 2D: RGB PNG "lesions" (nnU-Net's natural-image convention, like PH2/ISIC): a dark lesion (label 1) with
-a darker core (label 2) on textured skin, plus unlabeled distractor blobs of another colour.
+a darker core (label 2) on textured skin.
 3D: single-channel NIfTI volumes with a bright ellipsoid (label 1) and a core (label 2) in noise.
 """
 import json
@@ -26,12 +26,22 @@ def _ellipse(shape, center, radii, angle=0.0):
     return sum((g / r) ** 2 for g, r in zip(grids, radii)) <= 1.0
 
 
-def make_case_2d(rng, size=64, faintness=0.0):
+def _placement(rng, size, lesion_size, dim, default_radii):
+    """Centre and radii (voxels) of a lesion whose radius is `lesion_size` x the image side (None: the radii
+    `default_radii` per axis, centred in the middle 40 %): large lesions stay near the centre (they reach the
+    image's border, as in dermoscopy), small ones go anywhere."""
+    if lesion_size is None:
+        return rng.uniform(0.3, 0.7, dim) * size, rng.uniform(*default_radii, dim) * size
+    margin = 0.5 - 0.7 * lesion_size
+    radii = lesion_size * rng.uniform([0.75] + [1.0] * (dim - 1), 1.0) * size  # aspect ratio 0.75 to 1
+    return rng.uniform(0.5 - margin, 0.5 + margin, dim) * size, radii
+
+
+def make_case_2d(rng, size=64, faintness=0.0, lesion_size=None):
     skin = np.array([200, 150, 130], float) + rng.normal(0, 10, 3)
-    img = np.ones((size, size, 3)) * skin + 25 * _smooth_noise(rng, (size, size, 1), 3) * rng.uniform(0.5, 1.5)
+    img = np.ones((size, size, 3)) * skin + 55 * _smooth_noise(rng, (size, size, 1), 3) * rng.uniform(0.5, 1.5)
     seg = np.zeros((size, size), np.uint8)
-    center = rng.uniform(0.3, 0.7, 2) * size
-    radii = rng.uniform(0.12, 0.3, 2) * size
+    center, radii = _placement(rng, size, lesion_size, 2, (0.12, 0.3))
     lesion = _ellipse((size, size), center, radii, rng.uniform(0, np.pi)) & \
         (_smooth_noise(rng, (size, size), 4) > -0.15)  # ragged border
     core = _ellipse((size, size), center, radii * rng.uniform(0.35, 0.6), rng.uniform(0, np.pi)) & lesion
@@ -42,19 +52,15 @@ def make_case_2d(rng, size=64, faintness=0.0):
     img[core] = img[core] * (1 - (1 - rng.uniform(0.5, 0.75)) * (1 - 0.7 * faintness))
     seg[lesion] = 1
     seg[core] = 2
-    for _ in range(rng.integers(0, 3)):  # distractors: same darkness, bluish, not lesion
-        blob = _ellipse((size, size), rng.uniform(0, size, 2), rng.uniform(2, 6, 2)) & (seg == 0)
-        img[blob] = img[blob] * 0.6 + np.array([0, 10, 60])
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8), seg
 
 
-def make_case_3d(rng, size=32, faintness=0.0):
+def make_case_3d(rng, size=32, faintness=0.0, lesion_size=None):
     shape = (size, size, size)
     img = 0.3 * _smooth_noise(rng, shape, 2) + rng.normal(0, 0.25, shape)
     seg = np.zeros(shape, np.uint8)
-    center = rng.uniform(0.35, 0.65, 3) * size
-    radii = rng.uniform(0.15, 0.3, 3) * size
+    center, radii = _placement(rng, size, lesion_size, 3, (0.15, 0.3))
     organ = _ellipse(shape, center, radii)
     core = _ellipse(shape, center, radii * 0.45)
     visibility = 1 - 0.8 * faintness
@@ -84,25 +90,28 @@ def _write_3d(img, seg, image_file, label_file=None, spacing=(1.0, 1.0, 1.5)):
 
 def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "SSLDemo", dim: int = 2,
                             n_labeled: int = 4, n_unlabeled: int = 40, n_test: int = 10, size: int = None,
-                            seed: int = 0, labeled_faintness=(0.0, 0.3), faintness=(0.0, 1.0)) -> str:
+                            seed: int = 0, labeled_faintness=(0.0, 0.3), faintness=(0.0, 1.0),
+                            labeled_lesion_size=None, lesion_size=None) -> str:
     """Write DatasetXXX_name into raw_root (atomically) and return its folder.
 
     The labeled cases' lesions are drawn from `labeled_faintness` only (clearly visible); the unlabeled pool and
-    the test set span `faintness` (down to barely visible)."""
+    the test set span `faintness` (down to barely visible). Likewise for the lesion's radius as a fraction of the
+    image side, `labeled_lesion_size` and `lesion_size` (None: 0.12 to 0.3 per axis in 2D, 0.15 to 0.3 in 3D,
+    for labeled and unlabeled cases alike)."""
     rng = np.random.default_rng(seed)
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     ending = ".png" if dim == 2 else ".nii.gz"
     make_case = make_case_2d if dim == 2 else make_case_3d
     size = size or (64 if dim == 2 else 32)
 
-    def make(span=faintness):
-        return make_case(rng, size, rng.uniform(*span))
+    def make(span=faintness, sizes=lesion_size):
+        return make_case(rng, size, rng.uniform(*span), None if sizes is None else rng.uniform(*sizes))
     write = _write_2d if dim == 2 else _write_3d
     with atomic_folder(folder) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
             os.makedirs(os.path.join(tmp, sub))
         for i in range(n_labeled):
-            img, seg = make(labeled_faintness)
+            img, seg = make(labeled_faintness, labeled_lesion_size)
             write(img, seg, os.path.join(tmp, "imagesTr", f"case{i:03d}_0000{ending}"),
                   os.path.join(tmp, "labelsTr", f"case{i:03d}{ending}"))
         for i in range(n_test):

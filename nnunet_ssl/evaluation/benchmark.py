@@ -65,9 +65,10 @@ class BenchmarkError(UserError):
     pass
 
 
-def _run(cmd, log, env):
-    """Run a command, its output to `log`; returns (peak RSS of the process tree's largest process in GB, s)."""
-    return run_logged(cmd, log, env, BenchmarkError)
+def _run(cmd, log, env, **progress):
+    """Run a command, its output to `log`; returns (peak RSS of the process tree's largest process in GB, s).
+    `progress`: run_logged's epochs and progress, for a training."""
+    return run_logged(cmd, log, env, BenchmarkError, **progress)
 
 
 def _say(message: str) -> None:
@@ -192,7 +193,7 @@ def run_trainer(trainer: str, name: str, raw: str, sub: str, env: dict, info: di
             cmd.append("--c")
         elif os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
             cmd.append("--overwrite")  # this benchmark's own model, killed before its timing was written
-        peak_rss_gb, _ = _run(cmd, log, env)
+        peak_rss_gb, _ = _run(cmd, log, env, epochs=info["epochs"], progress=f"training {where}")
         stats = {**_read_json(stats_file), "peak_rss_gb": peak_rss_gb}
         write_json(stats_file, stats)
         shutil.rmtree(predictions, ignore_errors=True)  # of an older model

@@ -55,7 +55,8 @@ class TrainingStep:
             budget = (f"{self.epochs} epochs x {self.iterations} iterations" if self.epochs is not None
                       else "nnU-Net's own length")
             self._say(tag, f"train {dataset_name} fold {fold}: {what}, {budget} (log: {log})")
-            run_logged(self._train_command(dataset_name, fold, resume), log, self.env, SelfTrainError)
+            run_logged(self._train_command(dataset_name, fold, resume), log, self.env, SelfTrainError,
+                       epochs=self.epochs, progress=f"{tag} train {dataset_name} fold {fold}")
             if not os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
                 raise SelfTrainError(f"training of {dataset_name} fold {fold} ended without "
                                      f"{os.path.join(folder, 'checkpoint_final.pth')}; see {log}")
