@@ -253,8 +253,10 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     source = tree(dataset_2d)
     ran = []
 
-    def fake_run(cmd, log, env):
+    def fake_run(cmd, log, env, **progress):
         ran.append(cmd)
+        assert bool(progress) == ("train" in cmd)  # a bar for each training, of the benchmark's epochs
+        assert progress.get("epochs", 1) == 1
         if cmd[0] == "nnUNetv2_preprocess" or "preprocess-unlabeled" in cmd:
             assert env["nnUNet_raw"] == str(out / "draw_2" / "nnUNet_raw") and cmd[cmd.index("-d") + 1] in \
                 ("801", "Dataset801_T2D_draw2")  # the draw's own roots: id 801 names only the draw there

@@ -58,7 +58,7 @@ def _first_benchmark_command(tmp_path, monkeypatch):
     write_synthetic_dataset(str(tmp_path / "raw"), 871, "Unplanned", n_labeled=2, n_unlabeled=1, n_test=1, size=16)
     commands = []
 
-    def first_command(cmd, log, env):
+    def first_command(cmd, log, env, **progress):
         commands.append((cmd, env))
         raise _Stop
 
