@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_ssl.components.regional import (PAPER_TAU, entropy_threshold_for_probability, mix_up, normalized_entropy,
-                                 regional_cross_entropy, regional_dice_loss, regional_dice_loss_per_class,
+from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, entropy_threshold_for_probability, mix_up,
+                                 normalized_entropy, regional_cross_entropy, regional_dice_loss, regional_dice_loss_per_class,
                                  synergy_regions)
 
 
@@ -48,6 +48,31 @@ def test_region_partition_on_hand_made_example():
     assert r.consistent.tolist() == [[[False, False, True], [True, False, True]]]
     assert r.inconsistent.tolist() == [[[False, False, False], [False, True, False]]]
     assert r.fractions() == pytest.approx({"delta": 2 / 6, "omega": 3 / 6, "theta": 1 / 6})
+
+
+def test_confidence_rule_is_the_papers_entropy_rule_for_two_classes_and_still_bites_for_many():
+    p_fg = torch.rand(1, 4000, generator=torch.Generator().manual_seed(0)).tolist()
+    p_fg[0] += [0.42, 0.43, 0.57, 0.58, 0.5, 0.0, 1.0]
+    p_u, p_m = two_class(p_fg), two_class([p_fg[0][::-1]])
+    by_entropy, by_confidence = synergy_regions(p_u, p_m, tau=PAPER_TAU), synergy_regions(p_u, p_m, min_confidence=0.575)
+    assert 0.1 < by_entropy.disregarded.float().mean() < 0.3
+    assert torch.equal(by_entropy.disregarded, by_confidence.disregarded)
+
+    def voxel(*probs, classes):  # the given probabilities, the rest spread evenly over the other classes
+        rest = (1 - sum(probs)) / (classes - len(probs))
+        return torch.tensor(list(probs) + [rest] * (classes - len(probs))).view(1, classes, 1)
+    for classes in (3, 14):
+        split = voxel(0.5, 0.5, classes=classes)  # between two organs
+        sure = voxel(0.9, classes=classes)
+        assert synergy_regions(split, split, min_confidence=PAPER_MIN_CONFIDENCE).disregarded.all()
+        assert synergy_regions(sure, sure, min_confidence=PAPER_MIN_CONFIDENCE).consistent.all()
+        assert not synergy_regions(sure, split, min_confidence=PAPER_MIN_CONFIDENCE).consistent.any()
+    # the normalized-entropy rule keeps the 14-class split voxel: H / ln 14 = ln 2 / ln 14 = 0.26 < 0.98
+    split14 = voxel(0.5, 0.5, classes=14)
+    assert normalized_entropy(split14).item() == pytest.approx(math.log(2) / math.log(14), abs=1e-5)
+    assert synergy_regions(split14, split14, tau=PAPER_TAU).consistent.all()
+    with pytest.raises(ValueError, match="exactly one"):
+        synergy_regions(split14, split14)
 
 
 def test_region_tau_edges():

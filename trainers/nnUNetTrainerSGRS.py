@@ -4,15 +4,16 @@ Per iteration, with the EMA teacher f_T and the student f_S:
     PLG  Y = argmax softmax f_T(D_U)                                                      (eq. 1-2)
     MA   D_M = lam D_U + (1 - lam) D_L,  lam = max(b, 1 - b), b ~ Beta(alpha, alpha)      (eq. 3-4)
     SE   P_U, P_M = softmax f_S(D_U), softmax f_S(D_M)
-         Delta = H(P_U) > tau  or  H(P_M) > tau                                           (eq. 7)
+         Delta = H(P_U) > tau  or  H(P_M) > tau, as max_c P < 0.575 (the same for C = 2)  (eq. 7)
          Omega = argmax P_U == argmax P_M, not Delta;  Theta = they differ, not Delta      (eq. 9)
     RLE  L_con = sum_{P in P_U, P_M} CE_Omega(P, Y) + Dice_Omega(P, Y)                    (eq. 13-14)
          L_NR  = sum_{P in P_U, P_M} CE_Theta^eps(P, Y) + Dice_Theta^eta(P, Y)            (eq. 15-18)
     L = L_sup + lambda(t) (L_con + L_NR),  lambda(t) = exp(-5 (1 - t / t_warm)^2), 1 after t_warm  (eq. 19-20)
 
 L_sup is nnU-Net's own CE + Dice with deep supervision on D_L; D_U and D_L come with nnU-Net's augmentation.
-H is the entropy normalised by log C (nnunet_ssl.components.regional), so one tau serves any number of classes; the default
-equals the paper's binary setting (probability threshold 0.425, base-10 entropy 0.296).
+The paper's tau (base-10 entropy 0.296, the probability threshold 0.425 of its code) is binary; as a confidence
+(max_c P < 0.575) it is the same rule for two classes and still means "the argmax is in doubt" for many
+(nnunet_ssl.components.regional.synergy_regions).
 
 Deep supervision: the pseudo label and the three regions are voxel-level decisions made at full resolution;
 downsampling a three-way partition would have to invent region membership at boundaries (a low-resolution
@@ -21,8 +22,8 @@ supervision heads are trained by L_sup on real labels, as in nnUNetTrainer.
 """
 import torch
 
-from nnunet_ssl.components.regional import (PAPER_TAU, mix_up, regional_cross_entropy, regional_dice_loss,
-                                            regional_dice_loss_per_class, synergy_regions)
+from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, mix_up, regional_cross_entropy,
+                                            regional_dice_loss, regional_dice_loss_per_class, synergy_regions)
 from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
 
 
@@ -32,7 +33,12 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     # short run still carries 0.99^t of its random initialisation when lambda(t) turns the pseudo labels on
     # (45 % at t = 80, the demo's warm-up end); over the README's 1500 PH2 iterations both are alike after ~500
     ema_warm_start = True
-    tau = PAPER_TAU  # on normalised entropy: 0.9838 == probability 0.425 in the binary case
+    # Delta (eq. 7), the voxels no prediction is sure of: "confidence", max_c p < min_confidence (the paper's
+    # entropy threshold for two classes, and meaningful for many: reference-code-notes S3), or
+    # "normalized_entropy", H / log C > tau (equal for two classes; for C > 2 it almost never fires)
+    disregard_rule = "confidence"
+    min_confidence = PAPER_MIN_CONFIDENCE  # 0.575 == base-10 entropy 0.296 (the paper's tau) for two classes
+    tau = PAPER_TAU  # 0.9838, for "normalized_entropy"
     label_smoothing = 0.2  # epsilon of eq. 15
     dice_eta = 20.0  # eta of eq. 16
     mix_alpha = 0.75  # Beta(alpha, alpha) of eq. 3; the paper leaves it open, the authors' code uses 0.75
@@ -115,7 +121,11 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
         raise ValueError(f"unknown regional_dice {self.regional_dice!r}")
 
     def regions(self, p_u, p_m):
-        regions = synergy_regions(p_u, p_m, self.tau)  # eq. 7-9
+        thresholds = {"confidence": {"min_confidence": self.min_confidence},
+                      "normalized_entropy": {"tau": self.tau}}
+        if self.disregard_rule not in thresholds:
+            raise ValueError(f"unknown disregard_rule {self.disregard_rule!r}")
+        regions = synergy_regions(p_u, p_m, **thresholds[self.disregard_rule])  # eq. 7-9
         if self.regions_mode == "synergy":
             return regions
         everywhere, nowhere = torch.ones_like(regions.consistent), torch.zeros_like(regions.consistent)

@@ -29,6 +29,8 @@ def entropy_threshold_for_probability(p: float) -> float:
 
 
 PAPER_TAU = entropy_threshold_for_probability(0.425)
+# the same rule as a confidence: a two-class voxel's entropy exceeds H(0.425) exactly when max(p, 1 - p) < 0.575
+PAPER_MIN_CONFIDENCE = 1.0 - 0.425
 
 
 @dataclass
@@ -45,12 +47,23 @@ class SynergyRegions:
 
 
 @torch.no_grad()
-def synergy_regions(p_u: torch.Tensor, p_m: torch.Tensor, tau: float) -> SynergyRegions:
+def synergy_regions(p_u: torch.Tensor, p_m: torch.Tensor, tau: float = None,
+                    min_confidence: float = None) -> SynergyRegions:
     """Eq. 7-9 on the student's predictions for the unlabeled image (P_U) and its mix-up (P_M).
 
-    Delta uses a strict > on the normalized entropy, so a voxel exactly at tau is kept. Argmax ties go to the
-    lowest class index (torch.argmax). No gradient: the regions select voxels, they are not differentiated."""
-    delta = (normalized_entropy(p_u) > tau) | (normalized_entropy(p_m) > tau)
+    A voxel is uncertain (Delta) in a prediction when its largest class probability is below `min_confidence`,
+    or, given `tau` instead, when its normalized entropy exceeds tau; both are strict, so a voxel exactly at the
+    threshold is kept. For two classes min_confidence = PAPER_MIN_CONFIDENCE and tau = PAPER_TAU are the same
+    rule (the paper's). For many they part: dividing by log C lets tau fire only near the uniform distribution
+    (a voxel split 50/50 between two of 14 organs has normalized entropy 0.26 and is kept), while the
+    confidence rule disregards every voxel whose argmax is in doubt. Argmax ties go to the lowest class index
+    (torch.argmax). No gradient: the regions select voxels, they are not differentiated."""
+    if (tau is None) == (min_confidence is None):
+        raise ValueError("synergy_regions needs exactly one of tau and min_confidence")
+    if min_confidence is not None:
+        delta = (p_u.amax(1) < min_confidence) | (p_m.amax(1) < min_confidence)
+    else:
+        delta = (normalized_entropy(p_u) > tau) | (normalized_entropy(p_m) > tau)
     same = p_u.argmax(1) == p_m.argmax(1)
     return SynergyRegions(disregarded=delta, consistent=same & ~delta, inconsistent=~same & ~delta)
 
