@@ -56,6 +56,23 @@ def test_zero_weight_sends_no_gradient(dataset_2d):
     trainer.on_train_end()
 
 
+@pytest.mark.parametrize("noise", [None, (0.1, 0.2)])
+def test_teacher_sees_the_unlabeled_batch_with_the_codes_clipped_noise_only_when_asked(dataset_2d, noise):
+    trainer = _trainer(teacher_noise=noise)
+    trainer.step = lambda: None
+    seen, teacher_probabilities = [], trainer.teacher_probabilities
+    trainer.teacher_probabilities = lambda x: seen.append(x) or teacher_probabilities(x)
+    x_u = trainer.unlabeled_batch().clone()
+    trainer.unlabeled_batch = lambda: x_u
+    trainer.train_step(next(trainer.dataloader_train))
+    difference = (seen[0] - x_u).abs()
+    if noise is None:
+        assert torch.equal(seen[0], x_u)
+    else:
+        assert 0 < difference.max() <= 0.2 + 1e-6 and difference.std() > 0.03  # clipped at 0.2, std about 0.1
+    trainer.on_train_end()
+
+
 def test_low_memory_gives_the_joint_gradient(dataset_2d):
     grads = []
     batch = None

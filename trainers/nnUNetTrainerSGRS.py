@@ -22,6 +22,7 @@ supervision heads are trained by L_sup on real labels, as in nnUNetTrainer.
 """
 import torch
 
+from nnunet_ssl.components.perturbations import gaussian_noise
 from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, mix_up, regional_cross_entropy,
                                             regional_dice_loss, regional_dice_loss_per_class, synergy_regions)
 from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
@@ -44,6 +45,9 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
     mix_alpha = 0.75  # Beta(alpha, alpha) of eq. 3; the paper leaves it open, the authors' code uses 0.75
     warmup_fraction = 0.4  # t_warm / total iterations (the authors' code: 6000 of 15000)
     unsupervised_weight = 1.0  # lambda after warm-up (eq. 19)
+    # (std, clip) of Gaussian noise on the teacher's view of D_U: the authors' code uses (0.1, 0.2)
+    # (reference-code-notes S4); the paper has none. Off until PH2 decides.
+    teacher_noise = None
     # The authors' code weighs the unsupervised CE by 0.5 and each regional Dice by 0.25 relative to L_sup
     # (reference-code-notes S1), and its regional Dice is per sample and class with smoothing 1 (Omega) and 20
     # (Theta) in numerator and denominator (S2). The defaults are the paper's equations read literally.
@@ -68,7 +72,8 @@ class nnUNetTrainerSGRS(nnUNetTrainerSSL):
         self.backward(sup_loss)
 
         with self.autocast():
-            pseudo_label = self.teacher_probabilities(x_u).argmax(1)  # Y (eq. 1-2)
+            teacher_view = x_u if self.teacher_noise is None else gaussian_noise(x_u, *self.teacher_noise)
+            pseudo_label = self.teacher_probabilities(teacher_view).argmax(1)  # Y (eq. 1-2)
             x_m, to_u_geometry = self.mixed_view(x_u, x_l)  # D_M (eq. 3-4)
         weight = self.unsupervised_weight * self.rampup(self.warmup_fraction)  # lambda(t) (eq. 20)
         con_loss, nr_loss, regions = self.unlabeled_losses(x_u, x_m, to_u_geometry, pseudo_label, weight)
