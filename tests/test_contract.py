@@ -124,6 +124,7 @@ def predict_one(model_folder, image_file, checkpoint_name):
 # ablations that change a weighting or switch a stage off in code that their parent's 3D case already runs: 2D only,
 # for the suite's time
 TWO_D_ONLY = {"nnUNetTrainerUAMT_AMT", "nnUNetTrainerUAMT_LiteralWeighting", "nnUNetTrainerMIRAU_MeanTarget",
+              "nnUNetTrainerMeanTeacherDropout", "nnUNetTrainerMeanTeacherLongRamp",
               "nnUNetTrainerMIRAU_NoUncertaintyMask", "nnUNetTrainerMIRAU_NoMIM", "nnUNetTrainerMIRAU_NoEntropy"}
 
 

@@ -30,7 +30,7 @@ def test_consistency_term_trains_student_and_never_teacher(dataset_2d):
     trainer.on_train_start()
     trainer.consistency_weight, trainer.consistency_rampup = 1.0, 0.0  # full weight from step 0
     # make teacher and student differ, as after some training, and isolate the unsupervised term
-    trainer.teacher.update(trainer.network)
+    trainer.teacher.update(trainer.network, step=1000)
     with torch.no_grad():
         for p in trainer.network.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -7,6 +7,7 @@ L_sup is nnU-Net's Dice + CE with deep supervision; x_u is an nnU-Net-augmented 
 Gaussian noise, so teacher and student see differently perturbed views of the same voxels.
 """
 
+from nnunet_ssl.architectures.dropout import Dropout
 from nnunet_ssl.components.losses import consistency_mse
 from nnunet_ssl.components.perturbations import gaussian_noise
 from nnunet_ssl.core.trainer import nnUNetTrainerSSL
@@ -14,6 +15,9 @@ from nnunet_ssl.core.trainer import nnUNetTrainerSSL
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
     ema_decay = 0.99
+    # a_t = min(1 - 1/(t+1), 0.99), as every reference code (UA-MT, SSL4MIS; reference-code-notes M4): the first
+    # targets come from the student itself, not from a teacher that is still 0.99^t its random initialisation
+    ema_warm_start = True
     consistency_weight = 0.1  # w_max, as in the UA-MT / SSL4MIS reference code
     consistency_rampup = 0.25  # T as a fraction of all training iterations
     noise_std, noise_clip = 0.1, 0.2
@@ -36,3 +40,16 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
         loss = sup_loss.detach() + weight * consistency.detach()
         return {"loss": loss.cpu().numpy(), "sup_loss": sup_loss.detach().cpu().numpy(),
                 "consistency_loss": consistency.detach().cpu().numpy(), "consistency_weight": weight}
+
+
+# ---------------------------------------------------------------------- the reference codes' choices (M1, M2)
+class nnUNetTrainerMeanTeacherDropout(nnUNetTrainerMeanTeacher):
+    """Decoder dropout (p = 0.1) in the student: its prediction then differs from the teacher's target by a model
+    perturbation, not only by input noise and EMA lag. Every reference network has dropout; nnU-Net's have none
+    (reference-code-notes M1). The teacher predicts without dropout (eval mode)."""
+    network_dropout = Dropout(0.1, "decoder")
+
+
+class nnUNetTrainerMeanTeacherLongRamp(nnUNetTrainerMeanTeacher):
+    """The consistency weight ramps up over the whole run, as in the UA-MT and SSL4MIS code (M2; ours: 25 %)."""
+    consistency_rampup = 1.0
