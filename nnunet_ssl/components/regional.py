@@ -14,7 +14,8 @@ _MIN_PROB = 1e-8  # floor before log: a probability of 0 would give an infinite 
 
 
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Eq. 6 divided by log C, so that one tau in [0, 1] means the same whatever the number of classes.
+    """Eq. 6 divided by log C, in [0, 1] for any number of classes (SGRS's disregard_rule "normalized_entropy";
+    synergy_regions says why it is not the default).
 
     The clamp removes rounding above 1, so that tau = 1 keeps every voxel."""
     return (entropy(probs) / math.log(probs.shape[1])).clamp(max=1.0)

@@ -26,12 +26,12 @@ def _ellipse(shape, center, radii, angle=0.0):
     return sum((g / r) ** 2 for g, r in zip(grids, radii)) <= 1.0
 
 
-def _placement(rng, size, lesion_size, dim, default_radii):
-    """Centre and radii (voxels) of a lesion whose radius is `lesion_size` x the image side (None: the radii
-    `default_radii` per axis, centred in the middle 40 %): large lesions stay near the centre (they reach the
-    image's border, as in dermoscopy), small ones go anywhere."""
+def _placement(rng, size, lesion_size, dim, default_centres, default_radii):
+    """Centre and radii (voxels) of a lesion whose radius is `lesion_size` x the image side (None: centre and
+    radii per axis drawn from the fractions `default_centres` and `default_radii`): large lesions stay near the
+    centre (they reach the image's border, as in dermoscopy), small ones go anywhere."""
     if lesion_size is None:
-        return rng.uniform(0.3, 0.7, dim) * size, rng.uniform(*default_radii, dim) * size
+        return rng.uniform(*default_centres, dim) * size, rng.uniform(*default_radii, dim) * size
     margin = 0.5 - 0.7 * lesion_size
     radii = lesion_size * rng.uniform([0.75] + [1.0] * (dim - 1), 1.0) * size  # aspect ratio 0.75 to 1
     return rng.uniform(0.5 - margin, 0.5 + margin, dim) * size, radii
@@ -41,7 +41,7 @@ def make_case_2d(rng, size=64, faintness=0.0, lesion_size=None):
     skin = np.array([200, 150, 130], float) + rng.normal(0, 10, 3)
     img = np.ones((size, size, 3)) * skin + 55 * _smooth_noise(rng, (size, size, 1), 3) * rng.uniform(0.5, 1.5)
     seg = np.zeros((size, size), np.uint8)
-    center, radii = _placement(rng, size, lesion_size, 2, (0.12, 0.3))
+    center, radii = _placement(rng, size, lesion_size, 2, (0.3, 0.7), (0.12, 0.3))
     lesion = _ellipse((size, size), center, radii, rng.uniform(0, np.pi)) & \
         (_smooth_noise(rng, (size, size), 4) > -0.15)  # ragged border
     core = _ellipse((size, size), center, radii * rng.uniform(0.35, 0.6), rng.uniform(0, np.pi)) & lesion
@@ -60,7 +60,7 @@ def make_case_3d(rng, size=32, faintness=0.0, lesion_size=None):
     shape = (size, size, size)
     img = 0.3 * _smooth_noise(rng, shape, 2) + rng.normal(0, 0.25, shape)
     seg = np.zeros(shape, np.uint8)
-    center, radii = _placement(rng, size, lesion_size, 3, (0.15, 0.3))
+    center, radii = _placement(rng, size, lesion_size, 3, (0.35, 0.65), (0.15, 0.3))
     organ = _ellipse(shape, center, radii)
     core = _ellipse(shape, center, radii * 0.45)
     visibility = 1 - 0.8 * faintness
