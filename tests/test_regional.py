@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, entropy_threshold_for_probability, mix_up,
-                                 normalized_entropy, regional_cross_entropy, regional_dice_loss, regional_dice_loss_per_class,
-                                 synergy_regions)
+from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, entropy_threshold_for_probability,
+                                            mix_up, normalized_entropy, regional_cross_entropy, regional_dice_loss,
+                                            regional_dice_loss_per_class, synergy_regions)
 
 
 def two_class(p1):
@@ -54,7 +54,8 @@ def test_confidence_rule_is_the_papers_entropy_rule_for_two_classes_and_still_bi
     p_fg = torch.rand(1, 4000, generator=torch.Generator().manual_seed(0)).tolist()
     p_fg[0] += [0.42, 0.43, 0.57, 0.58, 0.5, 0.0, 1.0]
     p_u, p_m = two_class(p_fg), two_class([p_fg[0][::-1]])
-    by_entropy, by_confidence = synergy_regions(p_u, p_m, tau=PAPER_TAU), synergy_regions(p_u, p_m, min_confidence=0.575)
+    by_entropy = synergy_regions(p_u, p_m, tau=PAPER_TAU)
+    by_confidence = synergy_regions(p_u, p_m, min_confidence=0.575)
     assert 0.1 < by_entropy.disregarded.float().mean() < 0.3
     assert torch.equal(by_entropy.disregarded, by_confidence.disregarded)
 

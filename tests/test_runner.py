@@ -6,8 +6,7 @@ import pytest
 from nnunet_ssl.utilities.runner import run_logged
 
 # prints what nnU-Net's trainer prints around its epochs, a resumed run starting at epoch 2
-FAKE_TRAINING = ("import time\n"
-                 "print('Using device: cpu')\n"
+FAKE_TRAINING = ("print('Using device: cpu')\n"
                  "for epoch in range(2, 5):\n"
                  "    print(f'2026-12-02 03:22:41.626644: Epoch {epoch}')\n"
                  "    print(f'2026-12-02 03:22:46.805831: Epoch time: 0.1 s')\n")
@@ -27,9 +26,11 @@ def test_a_training_shows_its_epochs_and_its_whole_output_reaches_the_log(tmp_pa
     assert "Epoch 2" not in bar  # the training's own output goes to the log only
 
 
-def test_a_failing_training_names_the_command_and_its_log(tmp_path):
+def test_a_failing_training_names_the_command_and_its_log(tmp_path, capsys):
     log = tmp_path / "train.log"
     with pytest.raises(RuntimeError, match=r"exit 3.*\n.*see .*train\.log"):
-        run_logged([sys.executable, "-c", "print('x: Epoch 0'); raise SystemExit(3)"], str(log), {}, epochs=2,
-                   progress="training Y")
-    assert "x: Epoch 0" in log.read_text(encoding="utf-8")
+        run_logged([sys.executable, "-c", "print('x: Epoch 0'); print('x: Epoch 1'); raise SystemExit(3)"], str(log),
+                   {}, epochs=3, progress="training Y")
+    assert "x: Epoch 1" in log.read_text(encoding="utf-8")
+    bar = capsys.readouterr().err
+    assert "1/3" in bar and "3/3" not in bar  # the bar stays where the training stopped

@@ -96,7 +96,8 @@ def test_low_memory_gives_the_joint_gradient(dataset_2d):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("settings,expect", [({"min_confidence": 1.0}, "all_delta"), ({"min_confidence": 0.0}, "no_delta"),
+@pytest.mark.parametrize("settings,expect", [({"min_confidence": 1.0}, "all_delta"),
+                                              ({"min_confidence": 0.0}, "no_delta"),
                                               ({"disregard_rule": "normalized_entropy", "tau": 0.0}, "all_delta"),
                                               ({"disregard_rule": "normalized_entropy", "tau": 1.0}, "no_delta")])
 def test_edge_regions_stay_finite(dataset_2d, settings, expect):

@@ -34,8 +34,8 @@ def follow_epochs(lines, log_file, epochs, desc: str) -> None:
                 log_file.flush()
                 bar.n = int(started.group(1))
                 bar.refresh()
-        if epochs is not None and bar.n:
-            bar.n = epochs  # the last epoch ended with the command
+        if epochs is not None and bar.n == epochs - 1:
+            bar.n = epochs  # the last epoch started, and ended with the command (a failed run shows where it was)
             bar.refresh()
 
 
