@@ -56,3 +56,30 @@ def test_labeled_cases_are_small_and_clear_and_the_test_set_spans_large_and_fain
     # the test set holds fainter and larger lesions than any labeled one
     assert min(_lesion_contrast(*c) for c in labeled) > np.percentile([_lesion_contrast(*c) for c in test], 25)
     assert max((seg > 0).sum() for _, seg in labeled) < np.percentile([(seg > 0).sum() for _, seg in test], 50)
+
+
+def test_even_spread_draws_every_case_group_once_from_each_nth_of_its_ranges(tmp_path, monkeypatch):
+    import nnunet_ssl.data.synthetic as synthetic
+
+    def drawn(even_spread):
+        made = []
+        make = synthetic.make_case_2d
+        monkeypatch.setattr(synthetic, "make_case_2d", lambda rng, size, faintness, lesion_size: (
+            made.append((faintness, lesion_size)), make(rng, size, faintness, lesion_size))[1])
+        synthetic.write_synthetic_dataset(str(tmp_path / str(even_spread)), 992, n_labeled=4, n_unlabeled=3,
+                                          n_test=20, size=16, labeled_faintness=(0.0, 0.2), faintness=(0.0, 1.0),
+                                          labeled_lesion_size=(0.1, 0.2), lesion_size=(0.1, 0.45),
+                                          even_spread=even_spread)
+        return np.array(made)  # in the order written: labeled, test, unlabeled
+
+    def bins(values, low, high):
+        return sorted(np.floor((values - low) / (high - low) * len(values)).astype(int).tolist())
+
+    made = drawn(True)
+    labeled, test, pool = made[:4], made[4:24], made[24:]
+    assert bins(labeled[:, 0], 0.0, 0.2) == bins(labeled[:, 1], 0.1, 0.2) == [0, 1, 2, 3]
+    assert bins(test[:, 0], 0.0, 1.0) == bins(test[:, 1], 0.1, 0.45) == list(range(20))
+    assert bins(pool[:, 0], 0.0, 1.0) == bins(pool[:, 1], 0.1, 0.45) == [0, 1, 2]
+    # independent draws: some twentieth of the range gets two test cases and another none
+    independent = drawn(False)[4:24]
+    assert bins(independent[:, 1], 0.1, 0.45) != list(range(20))

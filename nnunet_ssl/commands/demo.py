@@ -22,10 +22,11 @@ DEMO_DATASET_ID = 990
 # nnUNetTrainer and the strongest trainer of the README's real-data table (PH2, 4 labeled)
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerSGRS")
 DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25
-CASES = {"n_labeled": 4, "n_unlabeled": 40, "n_test": 20}
+CASES = {"n_labeled": 4, "n_unlabeled": 40, "n_test": 40}
 # the labeled cases: small (radius 0.1 to 0.2 of the side) and clear lesions; the pool and the test set: radius
-# 0.1 to 0.45, faintness 0 to 1
-TASK = {"labeled_faintness": (0.0, 0.2), "labeled_lesion_size": (0.1, 0.2), "lesion_size": (0.1, 0.45)}
+# 0.1 to 0.45, faintness 0 to 1; each group spread evenly over its ranges, so that every seed poses the same task
+TASK = {"labeled_faintness": (0.0, 0.2), "labeled_lesion_size": (0.1, 0.2), "lesion_size": (0.1, 0.45),
+        "even_spread": True}
 # --quick: the whole pipeline on a tiny dataset (the test suite runs it); its numbers mean nothing
 QUICK = {"epochs": 1, "iterations": 2, "cases": {"n_labeled": 4, "n_unlabeled": 6, "n_test": 3}}
 # what the demo writes into its --out folder (--overwrite removes these, and only these)

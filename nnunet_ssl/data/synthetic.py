@@ -91,35 +91,54 @@ def _write_3d(img, seg, image_file, label_file=None, spacing=(1.0, 1.0, 1.5)):
 def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "SSLDemo", dim: int = 2,
                             n_labeled: int = 4, n_unlabeled: int = 40, n_test: int = 10, size: int = None,
                             seed: int = 0, labeled_faintness=(0.0, 0.3), faintness=(0.0, 1.0),
-                            labeled_lesion_size=None, lesion_size=None) -> str:
+                            labeled_lesion_size=None, lesion_size=None, even_spread: bool = False) -> str:
     """Write DatasetXXX_name into raw_root (atomically) and return its folder.
 
     The labeled cases' lesions are drawn from `labeled_faintness` only (clearly visible); the unlabeled pool and
     the test set span `faintness` (down to barely visible). Likewise for the lesion's radius as a fraction of the
     image side, `labeled_lesion_size` and `lesion_size` (None: 0.12 to 0.3 per axis in 2D, 0.15 to 0.3 in 3D,
-    for labeled and unlabeled cases alike)."""
+    for labeled and unlabeled cases alike).
+
+    even_spread: within each group (labeled, test, unlabeled) of n cases, faintness and lesion size are each drawn
+    once from every n-th of their span, in random order (a Latin hypercube), instead of independently: with 20 test
+    cases, independent draws gave one seed 7 and another 13 lesions above 0.3 of the side, and so very different
+    tasks; spread evenly, every seed's test set covers the whole range alike."""
     rng = np.random.default_rng(seed)
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     ending = ".png" if dim == 2 else ".nii.gz"
     make_case = make_case_2d if dim == 2 else make_case_3d
     size = size or (64 if dim == 2 else 32)
 
-    def make(span=faintness, sizes=lesion_size):
-        return make_case(rng, size, rng.uniform(*span), None if sizes is None else rng.uniform(*sizes))
+    def spread(n, span):
+        return iter(span[0] + (span[1] - span[0]) * (rng.permutation(n) + rng.uniform(size=n)) / n)
+
+    def group(n, span, sizes):
+        """The (faintness, lesion size) of each of n cases, drawn as each case is made unless even_spread."""
+        if not even_spread:
+            return ((lambda: rng.uniform(*span)), (lambda: None if sizes is None else rng.uniform(*sizes)))
+        faint, size_of = spread(n, span), (None if sizes is None else spread(n, sizes))
+        return (lambda: next(faint)), (lambda: None if size_of is None else next(size_of))
+
+    def make(draw):
+        draw_faintness, draw_size = draw
+        return make_case(rng, size, draw_faintness(), draw_size())
     write = _write_2d if dim == 2 else _write_3d
     with atomic_folder(folder) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
             os.makedirs(os.path.join(tmp, sub))
+        labeled = group(n_labeled, labeled_faintness, labeled_lesion_size)
         for i in range(n_labeled):
-            img, seg = make(labeled_faintness, labeled_lesion_size)
+            img, seg = make(labeled)
             write(img, seg, os.path.join(tmp, "imagesTr", f"case{i:03d}_0000{ending}"),
                   os.path.join(tmp, "labelsTr", f"case{i:03d}{ending}"))
+        test = group(n_test, faintness, lesion_size)
         for i in range(n_test):
-            img, seg = make()
+            img, seg = make(test)
             write(img, seg, os.path.join(tmp, "imagesTs", f"test{i:03d}_0000{ending}"),
                   os.path.join(tmp, "labelsTs", f"test{i:03d}{ending}"))
+        pool = group(n_unlabeled, faintness, lesion_size)
         for i in range(n_unlabeled):
-            img, _ = make()  # its label is never written
+            img, _ = make(pool)  # its label is never written
             write(img, None, os.path.join(tmp, "imagesUnlabeled", f"unl{i:04d}_0000{ending}"))
         channels = {"0": "R", "1": "G", "2": "B"} if dim == 2 else {"0": "MRI"}
         dataset_json = {"channel_names": channels, "labels": {"background": 0, "lesion": 1, "core": 2},
