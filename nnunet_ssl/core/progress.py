@@ -14,24 +14,26 @@ def plot_ssl_progress(logged: Dict[str, List[float]], loss_keys: Sequence[str], 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    panels = [(keys, label) for keys, label in ((loss_keys, "loss"), (other_keys, "value")) if keys]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), squeeze=False)
-    for ax, (keys, label) in zip(axes[:, 0], panels):
-        for key in keys:
-            values = logged.get(key, [])
-            ax.plot(range(len(values)), values, marker="o" if len(values) < 30 else None, label=key)
-        values = [v for key in keys for v in logged.get(key, [])]
-        if label == "loss" and values and min(values) > 0:
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-    if title:
-        axes[0, 0].set_title(title)
-    fig.tight_layout()
-    temp = f"{filename}.pid{os.getpid()}.tmp.png"
-    fig.savefig(temp, dpi=80)
+    # nnU-Net's progress.png sets seaborn's font_scale=2.5 for the whole process: draw in matplotlib's defaults
+    with plt.style.context("default"):
+        panels = [(keys, label) for keys, label in ((loss_keys, "loss"), (other_keys, "value")) if keys]
+        fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), squeeze=False)
+        for ax, (keys, label) in zip(axes[:, 0], panels):
+            for key in keys:
+                values = logged.get(key, [])
+                ax.plot(range(len(values)), values, marker="o" if len(values) < 30 else None, label=key)
+            values = [v for key in keys for v in logged.get(key, [])]
+            if label == "loss" and values and min(values) > 0:
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # beside the curves, not on them
+        if title:
+            axes[0, 0].set_title(title)
+        fig.tight_layout()
+        temp = f"{filename}.pid{os.getpid()}.tmp.png"
+        fig.savefig(temp, dpi=80)
     plt.close(fig)
     os.replace(temp, filename)
