@@ -21,6 +21,7 @@ import torch
 from conftest import SEAM_TRAINERS
 
 STEPS = 2
+EXTRA_STEPS = 6  # at most, only while a declared term has not reached its network yet
 
 
 def trainer_names():
@@ -154,6 +155,12 @@ def test_trainer_contract(name, dim, request, nnunet_env):
             trainer.on_train_epoch_start()
             for _ in range(STEPS):
                 assert np.isfinite(trainer.train_step(next(trainer.dataloader_train))["loss"])
+        # a term on a region of the predictions can be empty in an untrained network's first steps (SGRS's Theta,
+        # confident but inconsistent voxels: empty in both of 2 steps in one CI run on 3 classes): a few more steps
+        for _ in range(EXTRA_STEPS):
+            if all(reached.get(t) for t in declared):
+                break
+            assert np.isfinite(trainer.train_step(next(trainer.dataloader_train))["loss"])
         # every declared term was registered and sent gradient into its network in some step (a variant may
         # register a term it switches off, e.g. an empty region; that one must still spare its target's provider)
         assert {t: reached.get(t) for t in declared} == dict.fromkeys(declared, True), \
