@@ -80,7 +80,7 @@ def results_table(rows, statistics, budget: str) -> str:
         lines.append(f"\n{s['trainer']} - {s['reference']}: {100 * s['mean_difference']:+.1f} Dice points "
                      f"(95% CI {100 * s['ci_low']:+.1f} to {100 * s['ci_high']:+.1f}, Wilcoxon p = "
                      f"{s['wilcoxon_p']:.3f}), {s['better']} cases better and {s['worse']} worse by > 5 points, "
-                     f"{s['rescued']} failed cases rescued, {s['newly_failed']} newly failed")
+                     f"failed cases rescued {s['rescued']}, newly failed {s['newly_failed']}")
     return "\n".join(lines)
 
 
