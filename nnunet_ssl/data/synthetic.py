@@ -110,35 +110,31 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "SSLDemo
     size = size or (64 if dim == 2 else 32)
 
     def spread(n, span):
-        return iter(span[0] + (span[1] - span[0]) * (rng.permutation(n) + rng.uniform(size=n)) / n)
+        return span[0] + (span[1] - span[0]) * (rng.permutation(n) + rng.uniform(size=n)) / n
 
-    def group(n, span, sizes):
-        """The (faintness, lesion size) of each of n cases, drawn as each case is made unless even_spread."""
-        if not even_spread:
-            return ((lambda: rng.uniform(*span)), (lambda: None if sizes is None else rng.uniform(*sizes)))
-        faint, size_of = spread(n, span), (None if sizes is None else spread(n, sizes))
-        return (lambda: next(faint)), (lambda: None if size_of is None else next(size_of))
+    def draws(n, span, sizes):
+        """(faintness, lesion size) of each of n cases, lazily: independent draws come just before each case is
+        made (the generator's original random order), even ones for the whole group before its first case."""
+        if even_spread:
+            yield from zip(spread(n, span), [None] * n if sizes is None else spread(n, sizes))
+        else:
+            for _ in range(n):
+                yield rng.uniform(*span), None if sizes is None else rng.uniform(*sizes)
 
-    def make(draw):
-        draw_faintness, draw_size = draw
-        return make_case(rng, size, draw_faintness(), draw_size())
     write = _write_2d if dim == 2 else _write_3d
     with atomic_folder(folder) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
             os.makedirs(os.path.join(tmp, sub))
-        labeled = group(n_labeled, labeled_faintness, labeled_lesion_size)
-        for i in range(n_labeled):
-            img, seg = make(labeled)
+        for i, (faint, radius) in enumerate(draws(n_labeled, labeled_faintness, labeled_lesion_size)):
+            img, seg = make_case(rng, size, faint, radius)
             write(img, seg, os.path.join(tmp, "imagesTr", f"case{i:03d}_0000{ending}"),
                   os.path.join(tmp, "labelsTr", f"case{i:03d}{ending}"))
-        test = group(n_test, faintness, lesion_size)
-        for i in range(n_test):
-            img, seg = make(test)
+        for i, (faint, radius) in enumerate(draws(n_test, faintness, lesion_size)):
+            img, seg = make_case(rng, size, faint, radius)
             write(img, seg, os.path.join(tmp, "imagesTs", f"test{i:03d}_0000{ending}"),
                   os.path.join(tmp, "labelsTs", f"test{i:03d}{ending}"))
-        pool = group(n_unlabeled, faintness, lesion_size)
-        for i in range(n_unlabeled):
-            img, _ = make(pool)  # its label is never written
+        for i, (faint, radius) in enumerate(draws(n_unlabeled, faintness, lesion_size)):
+            img, _ = make_case(rng, size, faint, radius)  # its label is never written
             write(img, None, os.path.join(tmp, "imagesUnlabeled", f"unl{i:04d}_0000{ending}"))
         channels = {"0": "R", "1": "G", "2": "B"} if dim == 2 else {"0": "MRI"}
         dataset_json = {"channel_names": channels, "labels": {"background": 0, "lesion": 1, "core": 2},
