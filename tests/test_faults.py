@@ -126,6 +126,24 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(dataset_2d, nnunet_e
     assert not glob.glob(os.path.join(trainer.output_folder, "checkpoint_*.pth"))
 
 
+def test_non_finite_loss_names_the_term_that_went_wrong_not_one_the_phase_does_not_compute():
+    """MIRA-U logs reconstruction_loss as NaN in every step of its ssl phase; the error must name the term that
+    became NaN (and its first iteration), not that one."""
+    from types import SimpleNamespace
+
+    from nnunet_ssl.core.trainer import NonFiniteLossError, nnUNetTrainerSSL
+
+    nan = float("nan")
+    trainer = SimpleNamespace(
+        logger=SimpleNamespace(local_logger=SimpleNamespace(my_fantastic_logging={"train_losses": [nan]})),
+        ssl_log_keys=("pseudo_loss", "entropy_loss", "reconstruction_loss"), current_epoch=6, output_folder="out")
+    outputs = {"loss": [0.5, 0.4, nan], "pseudo_loss": [0.2, 0.1, 0.1], "entropy_loss": [0.1, 0.1, nan],
+               "reconstruction_loss": [nan, nan, nan]}
+    with pytest.raises(NonFiniteLossError, match=r"epoch 6 \(first at iteration 2 of the epoch, in loss, "
+                                                 r"entropy_loss\)"):
+        nnUNetTrainerSSL.stop_on_non_finite_loss(trainer, outputs)
+
+
 def test_checkpoint_is_written_once_with_the_teacher(dataset_2d, nnunet_env, tmp_path, monkeypatch):
     """One torch.save per checkpoint (nnU-Net's save and then a re-save with the teacher left, after a kill
     between the two, a file that --c refused); that one file already holds the teacher."""

@@ -65,6 +65,24 @@ def test_weighted_losses_by_hand():
         soft_cross_entropy(logits, target.requires_grad_())
 
 
+def test_entropy_term_keeps_a_finite_gradient_where_a_probability_underflows():
+    """L_ent on a confident voxel (logit gap 120: softmax gives exactly 0 in float32). The entropy of the
+    probabilities back-propagates NaN there (0 * -inf through softmax), which stopped a PH2 training at its third
+    ssl epoch; the entropy of the logits has gradient 0 there and the same value everywhere."""
+    from nnunet_ssl.components.uncertainty import entropy, entropy_of_logits
+
+    logits = torch.randn(2, 3, 5, 4)
+    torch.testing.assert_close(entropy_of_logits(logits), entropy(torch.softmax(logits, 1)))
+    confident = torch.tensor([0.0, 120.0]).view(1, 2, 1)
+    grads = []
+    for term in (lambda z: entropy(torch.softmax(z, 1)), entropy_of_logits):
+        z = confident.clone().requires_grad_()
+        term(z).sum().backward()
+        grads.append(z.grad)
+    assert torch.isnan(grads[0]).all()  # the form the trainer must not use
+    assert torch.equal(grads[1], torch.zeros_like(confident))
+
+
 # ---------------------------------------------------------------------- strong view and patch masking
 @pytest.mark.parametrize("spatial", [(48, 40), (20, 24, 16)])
 def test_cutout_holes_are_small_and_leave_the_geometry(spatial):

@@ -35,7 +35,7 @@ from nnunet_ssl.architectures.hybrid import build_hybrid_network
 from nnunet_ssl.components.losses import soft_cross_entropy, squared_distance, weighted_voxel_mean
 from nnunet_ssl.components.perturbations import CutOut, Photometric, cutout, photometric
 from nnunet_ssl.components.soft_pseudo_labels import soft_pseudo_labels
-from nnunet_ssl.components.uncertainty import entropy
+from nnunet_ssl.components.uncertainty import entropy_of_logits
 from nnunet_ssl.core.phases import Phase
 from nnunet_ssl.core.pretraining import MIM_PHASE, nnUNetTrainerSSLWithMIM
 from nnunet_ssl.core.teachers import mc_dropout_probabilities
@@ -111,7 +111,7 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
             consistency_loss = self.unsupervised_term(
                 "consistency_loss", weighted_voxel_mean(self.lambda_c * squared_distance(p_strong, p_weak), weight),
                 target_from=None)  # the target is the student's own prediction, without graph
-            entropy_loss = self.unsupervised_term("entropy_loss", entropy(p_strong).mean(), target_from=None)
+            entropy_loss = self.unsupervised_term("entropy_loss", entropy_of_logits(logits_s).mean(), target_from=None)
         self.backward(beta * (pseudo_loss + consistency_loss) + self.gamma * entropy_loss)
         self.step()
 
