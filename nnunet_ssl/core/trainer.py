@@ -486,9 +486,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                  for key in ("loss",) + tuple(self.ssl_log_keys) if key in outputs}
         # a term non-finite in an iteration whose loss is finite is one this phase does not compute (MIRA-U logs
         # reconstruction_loss as NaN in its ssl phase): naming it would hide the term that did go wrong
-        loss_finite = np.isfinite(terms["loss"]).all(1) if "loss" in terms else np.zeros(0, bool)
-        terms = {key: v for key, v in terms.items()
-                 if key == "loss" or len(v) != len(loss_finite) or np.isfinite(v[loss_finite]).all()}
+        loss_finite = np.isfinite(terms["loss"]).all(1)  # nnU-Net's train_step always returns "loss"
+        terms = {key: v for key, v in terms.items() if np.isfinite(v[loss_finite]).all()}
         first = min((int(np.argmax(~np.isfinite(v).all(1))) for v in terms.values() if not np.isfinite(v).all()),
                     default=None)
         bad = [key for key, v in terms.items() if first is not None and not np.isfinite(v[first]).all()]
