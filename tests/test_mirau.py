@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import predict_test_set_2d, run_cli
-from nnunet_ssl.components.losses import soft_cross_entropy, weighted_voxel_mean
+from nnunet_ssl.components.losses import soft_cross_entropy, soft_dice_loss, weighted_voxel_mean
 from nnunet_ssl.components.masked_image_modelling import mask_patches, masked_l1, patch_mask
 from nnunet_ssl.components.perturbations import CutOut, cutout_mask
 from nnunet_ssl.components.soft_pseudo_labels import soft_pseudo_labels
@@ -63,6 +63,36 @@ def test_weighted_losses_by_hand():
     assert zero.item() == 0.0 and logits.grad.abs().sum() == 0
     with pytest.raises(ValueError, match="must not require grad"):
         soft_cross_entropy(logits, target.requires_grad_())
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_weighted_soft_dice_by_hand(batch_dice):
+    """nnUNetTrainerMIRAU_MeanTargetDice's term: nnU-Net's soft Dice on the foreground against a soft target, with
+    per-voxel weights; it pushes a border voxel whose target is 0.4 toward foreground, where the soft CE is at its
+    optimum."""
+    p_fg = torch.tensor([[0.6, 0.4, 0.9], [0.2, 0.7, 0.5]])  # (2 samples, 3 voxels)
+    y_fg = torch.tensor([[1.0, 0.4, 0.0], [0.3, 1.0, 0.5]])
+    weights = torch.tensor([[1.0, 1.0, 0.0], [0.5, 1.0, 1.0]])  # the third voxel of sample 0 ignored
+    probs, target = (torch.stack([1 - v, v], 1) for v in (p_fg, y_fg))
+    axes = (0, 1) if batch_dice else (1,)
+    dice = (2 * (weights * p_fg * y_fg).sum(axes) + 1e-5) / ((weights * p_fg).sum(axes) + (weights * y_fg).sum(axes)
+                                                             + 1e-5)
+    loss = soft_dice_loss(probs, target, weights, batch_dice)
+    assert loss.item() == pytest.approx(1 - dice.mean().item(), abs=1e-6)
+
+    logits = torch.log(probs[:1, :, :2]).requires_grad_()  # softmax gives back p; sample 0's two kept voxels
+    soft_dice_loss(torch.softmax(logits, 1), target[:1, :, :2], weights[:1, :2], batch_dice).backward()
+    assert logits.grad[0, 1, 1] < 0 < logits.grad[0, 0, 1]  # gradient descent raises the border voxel's foreground
+    border = logits.detach()[..., 1:].requires_grad_()
+    soft_cross_entropy(border, target[:1, :, 1:2]).sum().backward()
+    assert border.grad.abs().max() < 1e-6  # the CE is already at its optimum there
+
+    zero_logits = logits.detach().clone().requires_grad_()
+    zero = soft_dice_loss(torch.softmax(zero_logits, 1), target[:1, :, :2], torch.zeros(1, 2), batch_dice)
+    zero.backward()
+    assert zero.item() == 0.0 and zero_logits.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="must not require grad"):
+        soft_dice_loss(probs, target.clone().requires_grad_(), weights, batch_dice)
 
 
 def test_entropy_term_keeps_a_finite_gradient_where_a_probability_underflows():
@@ -264,6 +294,9 @@ def test_variant_ablations_and_cost():
     assert nnUNetTrainerMIRAU_MeanTarget.mean_target and nnUNetTrainerMIRAU_NoUncertaintyMask.tau_u is None
     assert nnUNetTrainerMIRAU_NoMIM.mim_fraction == 0 and nnUNetTrainerMIRAU_NoEntropy.gamma == 0
     assert "entropy_loss" not in nnUNetTrainerMIRAU_NoEntropy.unsupervised_terms
+    from nnunet_ssl.trainers.nnUNetTrainerMIRAU import nnUNetTrainerMIRAU_MeanTargetDice
+    assert nnUNetTrainerMIRAU.lambda_dice == 0 and nnUNetTrainerMIRAU_MeanTargetDice.lambda_dice == 1.0
+    assert nnUNetTrainerMIRAU_MeanTargetDice.mean_target
 
 
 # ---------------------------------------------------------------------- stock CLIs

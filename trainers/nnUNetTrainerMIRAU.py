@@ -32,7 +32,7 @@ import torch
 from nnunet_ssl.architectures.common import full_resolution
 from nnunet_ssl.architectures.dropout import Dropout, insert_dropout
 from nnunet_ssl.architectures.hybrid import build_hybrid_network
-from nnunet_ssl.components.losses import soft_cross_entropy, squared_distance, weighted_voxel_mean
+from nnunet_ssl.components.losses import soft_cross_entropy, soft_dice_loss, squared_distance, weighted_voxel_mean
 from nnunet_ssl.components.perturbations import CutOut, Photometric, cutout, photometric
 from nnunet_ssl.components.soft_pseudo_labels import soft_pseudo_labels
 from nnunet_ssl.components.uncertainty import entropy_of_logits
@@ -52,6 +52,7 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
     tau_u = 0.15
     mean_target = False  # True: y~ = mu, w only as the loss weight (nnUNetTrainerMIRAU_MeanTarget)
     lambda_u, lambda_c, gamma = 1.0, 0.1, 0.01  # code v2
+    lambda_dice = 0.0  # > 0: a soft Dice of p_s against y~ beside the soft CE (_MeanTargetDice; not the paper)
     rampup_fraction = 80 / 150  # T of beta(t), as a share of the ssl phase
     mim_fraction = 0.25  # share of the budget for the masked-image-modelling phase; 0: none (the _NoMIM ablation)
     # the strong view: colour jitter 0.3 with p 0.7 (code v2's ColorJitter), noise / blur as strong as UAMT's view
@@ -106,8 +107,11 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
             logits_s = full_resolution(self.network(x_s)).float()
             p_strong = torch.softmax(logits_s, 1)
             weight = pseudo.mask * pseudo.confidence  # m w
-            pseudo_loss = self.unsupervised_term(
-                "pseudo_loss", weighted_voxel_mean(self.lambda_u * soft_cross_entropy(logits_s, pseudo.target), weight))
+            pseudo_loss = weighted_voxel_mean(self.lambda_u * soft_cross_entropy(logits_s, pseudo.target), weight)
+            if self.lambda_dice:
+                pseudo_loss = pseudo_loss + self.lambda_dice * soft_dice_loss(
+                    p_strong, pseudo.target, weight, self.configuration_manager.batch_dice)
+            pseudo_loss = self.unsupervised_term("pseudo_loss", pseudo_loss)
             consistency_loss = self.unsupervised_term(
                 "consistency_loss", weighted_voxel_mean(self.lambda_c * squared_distance(p_strong, p_weak), weight),
                 target_from=None)  # the target is the student's own prediction, without graph
@@ -151,6 +155,14 @@ class nnUNetTrainerMIRAU_Hybrid(nnUNetTrainerMIRAU):
 class nnUNetTrainerMIRAU_MeanTarget(nnUNetTrainerMIRAU):
     """The MC mean mu as the target, the confidence w only as the per-voxel loss weight (no push to background)."""
     mean_target = True
+
+
+class nnUNetTrainerMIRAU_MeanTargetDice(nnUNetTrainerMIRAU_MeanTarget):
+    """The mean target with nnU-Net's soft Dice of p_s against it (weighted by m w) beside the soft CE: the
+    unlabeled loss in the supervised loss's form (Dice + CE). A test of why MIRA-U shrank the PH2 lesions that
+    nnUNetTrainer already under-segments (a CE on soft targets follows the target's border, a foreground Dice
+    leans it outward: nnunet_ssl.components.losses.soft_dice_loss); on PH2 they shrank still (README)."""
+    lambda_dice = 1.0
 
 
 class nnUNetTrainerMIRAU_NoUncertaintyMask(nnUNetTrainerMIRAU):

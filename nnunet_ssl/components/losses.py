@@ -32,6 +32,21 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target.float() * torch.log_softmax(logits.float(), 1)).sum(1)
 
 
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, batch_dice: bool) -> torch.Tensor:
+    """1 - nnU-Net's soft Dice (MemoryEfficientSoftDiceLoss: foreground classes, smooth 1e-5) of probabilities
+    against a soft target, both (B, C, *spatial), each voxel weighted by `weights` (B, *spatial); batch_dice as
+    the plans' supervised loss. 0, with zero gradient, where every weight is 0.
+
+    Why beside a CE on soft targets: d(1 - Dice)/dp_v < 0 wherever y_v > I / S (I the weighted intersection, S
+    the weighted sums of p and y), i.e. above about half the current Dice: while the Dice is below 0.8, a border
+    voxel whose target is 0.4 is pushed toward foreground (as by nnU-Net's supervised Dice + CE), where a CE alone
+    pulls it to 0.4."""
+    if target.requires_grad:
+        raise ValueError("a soft target must not require grad: compute it under torch.no_grad()")
+    dice = MemoryEfficientSoftDiceLoss(batch_dice=batch_dice, do_bg=False, smooth=1e-5, ddp=False)
+    return 1.0 + dice(probs.float(), target.float(), loss_mask=weights.float().unsqueeze(1))
+
+
 def squared_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """||p - q||^2 over classes per voxel: (B, C, *spatial) -> (B, *spatial)."""
     return ((p.float() - q.float()) ** 2).sum(1)
