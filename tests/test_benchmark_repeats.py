@@ -266,8 +266,10 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
                                 "fold_all")
             os.makedirs(fold, exist_ok=True)
             open(os.path.join(fold, "checkpoint_final.pth"), "wb").close()
+            assert cmd[cmd.index("--pool-labels") + 1] == str(labels)  # every training audits its pool
             with open(cmd[cmd.index("--stats-json") + 1], "w") as f:
-                json.dump({"train_seconds": 1.0, "s_per_iter": 0.5, "peak_gpu_gb": 0.0}, f)
+                json.dump({"train_seconds": 1.0, "s_per_iter": 0.5, "peak_gpu_gb": 0.0,
+                           "pool_audit": {"n_cases": 6, "dice_mean": 0.5}}, f)
         else:  # nnUNetv2_predict: the ground truth of the draw's test set
             truth = os.path.join(os.path.dirname(cmd[cmd.index("-i") + 1]), "labelsTs")
             predicted = cmd[cmd.index("-o") + 1]
@@ -280,7 +282,7 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     monkeypatch.setattr(inputs, "trainer_class", lambda name: None)  # "B": a stand-in trainer
     out = tmp_path / "bench"
     args = dict(dataset="801", configuration="2d", trainers=["nnUNetTrainer", "B"], epochs=1, iterations=2,
-                out=str(out), num_processes=1, draws=2, draw_labels=str(labels))
+                out=str(out), num_processes=1, draws=2, draw_labels=str(labels), pool_labels=str(labels))
     with pytest.raises(benchmark.BenchmarkError, match="--draw-labels FOLDER"):
         benchmark.run_benchmark(**{**args, "draw_labels": None})
     benchmark.run_benchmark(**args, runs=1)
@@ -301,7 +303,7 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     assert json.load(open(pre / "dataset.json"))["numTraining"] == 4
     stamps = {p: os.stat(out / p / "report.html").st_mtime_ns for p in ("draw_1/run_1", "draw_1/run_2")}
     report = (out / "report.html").read_text(encoding="utf-8")
-    assert "Over runs and draws" in report and "--runs 2 --draws 2 --draw-labels" in report
+    assert "Over runs and draws" in report and "--runs 2 --draws 2 --draw-labels" in report and "--pool-labels" in report
     # again: nothing new runs, the leaderboards of the runs are kept; a record of another test set is refused
     summary_file = json.load(open(out / "draw_2" / "run_2" / "records" / "B.json"))["summary_file"]
     summary = json.load(open(summary_file))
@@ -316,6 +318,7 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
             record = json.load(open(out / f"draw_{d}" / f"run_{r}" / "records" / "B.json"))
             assert (record["draw"], record["run"], record["labeled_cases"]) == (d, r, setup["labeled_cases"][str(d)])
             assert record["Dice_mean"] == (1.0 if d == 1 else 0.5) and record["n_test"] == 2
+            assert record["pool_audit"] == {"n_cases": 6, "dice_mean": 0.5}
             assert (out / f"draw_{d}" / f"run_{r}" / "report.html").is_file()
     paired = json.load(open(out / "paired_statistics.json"))
     assert [(p["draw"], p["run"]) for p in paired] == [(1, 1), (2, 1), (1, 2), (2, 2), ("all", "all")]

@@ -37,18 +37,24 @@ def time_training_phases(trainer) -> list:
 
 def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int, iterations: int,
           val_iterations: int = None, plans: str = "nnUNetPlans", device: str = "cpu", continue_training=False,
-          validate: bool = True, stats_json: str = None, save_every: int = None, overwrite: bool = False) -> float:
+          validate: bool = True, stats_json: str = None, save_every: int = None, overwrite: bool = False,
+          pool_labels: str = None, pool_audit_cases: int = None) -> float:
     """Train and validate; returns the wall time of training in seconds. `stats_json` receives the wall time,
     seconds per iteration (median over the timed epochs, the first one left out as warm-up when there are
     more) and the peak GPU memory. `save_every`: write checkpoint_latest.pth every this many epochs (nnU-Net:
     50). A fold folder that holds a checkpoint is continued (`continue_training`) or, only with `overwrite`,
-    trained again from scratch; otherwise this refuses, so that no trained model is replaced by accident."""
+    trained again from scratch; otherwise this refuses, so that no trained model is replaced by accident.
+    `pool_labels`: a folder with labels of unlabeled cases, for the pool audit after every epoch
+    (nnunet_ssl.evaluation.pool_audit; its last summary goes into `stats_json`)."""
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
+    from nnunet_ssl.evaluation.pool_audit import PoolAuditError, install_pool_audit
     from nnunet_ssl.utilities.inputs import UserError, dataset_name, nnunet_folder, trainer_class
 
     nnunet_folder("nnUNet_results")
+    if pool_labels and not os.path.isdir(pool_labels):  # before the trainer is built: fail in a second
+        raise PoolAuditError(f"--pool-labels {pool_labels}: not a folder")
     dataset = dataset_name(dataset)
     trainer_class(trainer_name)
     fold_folder = get_output_folder(dataset, trainer_name, plans, configuration, fold)
@@ -68,6 +74,7 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
     trainer.print_to_log_file(f"Training length set by nnunet_ssl train: {epochs} epochs x {iterations} iterations")
     maybe_load_checkpoint(trainer, continue_training, False, None)
     epoch_seconds = time_training_phases(trainer)
+    audit = install_pool_audit(trainer, pool_labels, pool_audit_cases) if pool_labels else None
     start = time.time()
     trainer.run_training()
     seconds = time.time() - start
@@ -78,6 +85,8 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
                  "s_per_iter": float(np.median(timed)) / iterations if timed else None,
                  "device": str(trainer.device),
                  "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if trainer.device.type == "cuda" else None}
+        if audit is not None:
+            stats["pool_audit"] = audit["last"]
         write_json(stats_json, stats)
     if validate:
         trainer.perform_actual_validation(False)
@@ -104,7 +113,14 @@ def main(argv=None):
                                                                 "(nnU-Net: 50), so that --c after a crash loses less")
     p.add_argument("--no-val", action="store_true", help="skip the final validation")
     p.add_argument("--stats-json", default=None, help="write wall time, s/iteration and peak GPU memory here")
+    p.add_argument("--pool-labels", default=None, metavar="FOLDER",
+                   help="labels (<case><file_ending>) of unlabeled cases: after every epoch, the Dice and predicted / "
+                        "true volume of the inference weights on those pool cases (pool_audit.json and .png in the "
+                        "fold folder, a line in the log); never used for training")
+    p.add_argument("--pool-audit-cases", type=int, default=None, metavar="N",
+                   help="audit only the first N labelled pool cases (by id), to bound its time")
     a = p.parse_args(argv)
     seconds = train(a.dataset, a.configuration, a.fold, a.trainer, a.epochs, a.iters, a.val_iters, a.plans,
-                    a.device, a.c, not a.no_val, a.stats_json, a.save_every, a.overwrite)
+                    a.device, a.c, not a.no_val, a.stats_json, a.save_every, a.overwrite, a.pool_labels,
+                    a.pool_audit_cases)
     print(f"Training took {seconds:.1f} s")

@@ -58,7 +58,7 @@ from nnunet_ssl.utilities.runner import run_logged
 RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterations_per_epoch", "device",
                "draw", "run", "labeled_cases", "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter",
                "peak_rss_gb", "peak_gpu_gb", "summary_file", "Dice_mean", "Dice_median", "failed_cases")
-REPEATS = ("runs", "draws", "draw_labels", "labeled_cases")  # benchmark.json keys that may change between calls
+REPEATS = ("runs", "draws", "draw_labels", "labeled_cases", "pool_labels")  # benchmark.json keys that may change between calls
 
 
 class BenchmarkError(UserError):
@@ -187,6 +187,8 @@ def run_trainer(trainer: str, name: str, raw: str, sub: str, env: dict, info: di
                "--save-every", "1"]  # a killed benchmark loses at most one epoch of a training (nnU-Net: 50)
         if info.get("val_iterations"):
             cmd += ["--val-iters", str(info["val_iterations"])]
+        if info.get("pool_labels"):
+            cmd += ["--pool-labels", info["pool_labels"]]
         if str(fold) == "all":  # its validation cases were trained on: nnU-Net's final validation tells nothing
             cmd.append("--no-val")
         if os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth")):
@@ -221,6 +223,8 @@ def run_trainer(trainer: str, name: str, raw: str, sub: str, env: dict, info: di
               "peak_gpu_gb": stats["peak_gpu_gb"], "summary_file": os.path.join(predictions, "summary_ssl.json"),
               "Dice_mean": summary["foreground"]["Dice"]["mean"],
               "Dice_median": summary["foreground"]["Dice"]["median"], "failed_cases": summary["failed_cases"]}
+    if stats.get("pool_audit"):  # the last epoch's pool audit (--pool-labels)
+        record["pool_audit"] = stats["pool_audit"]
     write_json(record_file, record)
     _say(f"{where}: mean Dice {record['Dice_mean']:.4f}, median {record['Dice_median']:.4f}, "
          f"{record['failed_cases']} failed, {record['s_per_iter']:.3f} s/iter")
@@ -235,11 +239,12 @@ def run_folder(out: str, draw: int, run: int) -> str:
 def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, iterations: int, fold: str = "all",
                   out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
                   nsd_tolerance: float = 1.0, num_processes: int = 2, reference: str = None, runs: int = 1,
-                  draws: int = 1, draw_labels: str = None) -> str:
+                  draws: int = 1, draw_labels: str = None, pool_labels: str = None) -> str:
     """Run (or resume) the benchmark; returns the leaderboard Markdown. `reference`: the trainer the others are
     compared with case by case (default: nnUNetTrainer if listed, else the first). `runs`: independent trainings
     of each trainer per draw; `draws`: labeled draws (1: the dataset as given; more need `draw_labels`, a folder
-    with the labels of every training case)."""
+    with the labels of every training case). `pool_labels`: labels of unlabeled cases, for every training's pool
+    audit (nnunet_ssl.evaluation.pool_audit; the last epoch's summary goes into the record)."""
     from tqdm import tqdm
 
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
@@ -262,6 +267,9 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         raise BenchmarkError(f"--draws {draws}: draws 2.. label other cases of {raw}, whose unlabeled cases have no "
                              f"labels there: give --draw-labels FOLDER with the labels of every training case (e.g. "
                              f"labelsTr of the same source converted without --labeled; see the README)")
+    if pool_labels and not os.path.isdir(pool_labels):
+        raise BenchmarkError(f"--pool-labels {pool_labels}: not a folder")
+    pool_labels = os.path.abspath(pool_labels) if pool_labels else None
     for sub in ("imagesTs", "labelsTs", "imagesUnlabeled"):
         if not os.path.isdir(os.path.join(raw, sub)):
             raise BenchmarkError(f"{os.path.join(raw, sub)} does not exist: the benchmark needs a test set "
@@ -284,7 +292,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                              f"use another output folder (-o)")
     os.makedirs(out, exist_ok=True)
     write_json(setup_file, {**setup, "runs": runs, "draws": draws,
-                            "draw_labels": os.path.abspath(draw_labels) if draw_labels else None})
+                            "draw_labels": os.path.abspath(draw_labels) if draw_labels else None,
+                            "pool_labels": pool_labels})
 
     prepare_dataset(name, configuration, plans, os.path.join(out, "draw_1", "logs", "preprocess.log"),
                     child_env(out), num_processes)
@@ -309,7 +318,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
             os.makedirs(os.path.join(sub, folder), exist_ok=True)
         info = {"configuration": configuration, "fold": str(fold), "epochs": epochs, "iterations_per_epoch": iterations,
                 "device": device, "draw": draw, "run": run, "labeled_cases": draw_record["labeled"], **counts[draw],
-                "plans": plans, "val_iterations": val_iterations}
+                "plans": plans, "val_iterations": val_iterations, "pool_labels": pool_labels}
         for trainer in trainers:
             records.append(run_trainer(trainer, draw_dataset, draw_raw, sub, child_env(sub, roots), info,
                                        dataset_json, nsd_tolerance, num_processes))
@@ -317,7 +326,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     reference = reference or default_reference(list(trainers))
     budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
     command = benchmark_command(name, configuration, trainers, epochs, iterations, fold, out, val_iterations,
-                                device, plans, nsd_tolerance, num_processes, reference, runs, draws, draw_labels)
+                                device, plans, nsd_tolerance, num_processes, reference, runs, draws, draw_labels,
+                                pool_labels)
     rows, overlays = [], {}
     for run, draw in jobs:  # the leaderboard of each draw and run in its folder
         draw_dataset, draw_raw = datasets[draw][:2]
@@ -375,13 +385,15 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
 
 
 def benchmark_command(dataset, configuration, trainers, epochs, iterations, fold, out, val_iterations, device,
-                      plans, nsd_tolerance, num_processes, reference, runs=1, draws=1, draw_labels=None) -> list:
+                      plans, nsd_tolerance, num_processes, reference, runs=1, draws=1, draw_labels=None,
+                      pool_labels=None) -> list:
     """The `nnunet_ssl benchmark` command line that runs (or resumes) exactly this benchmark."""
     cmd = ["nnunet_ssl", "benchmark", "-d", dataset, "-c", configuration, "-tr", *trainers, "--epochs", epochs,
            "--iters", iterations] + (["--val-iters", val_iterations] if val_iterations else []) + \
         ["-f", fold, "-p", plans, "-o", out, "-device", device, "--nsd-tolerance", nsd_tolerance,
          "-np", num_processes, "--reference", reference, "--runs", runs, "--draws", draws] + \
-        (["--draw-labels", os.path.abspath(draw_labels)] if draw_labels else [])
+        (["--draw-labels", os.path.abspath(draw_labels)] if draw_labels else []) + \
+        (["--pool-labels", pool_labels] if pool_labels else [])
     return [str(c) for c in cmd]
 
 
@@ -425,6 +437,10 @@ def parser():
                    help="labeled draws: the same number of labeled cases, drawn with seeds 2, 3, ... from the "
                         "training cases (imagesTr + imagesUnlabeled); the test set stays; draw 1 is the dataset as "
                         "given (default: 1)")
+    p.add_argument("--pool-labels", default=None, metavar="FOLDER",
+                   help="labels of unlabeled cases (e.g. the --draw-labels folder): every training audits its pool "
+                        "after each epoch (Dice and predicted / true volume of its inference weights; pool_audit.json "
+                        "and .png in the fold folder, the last epoch in the record); never used for training")
     p.add_argument("--draw-labels", default=None, metavar="FOLDER",
                    help="with --draws > 1: the labels (<case><file_ending>) of every training case, e.g. labelsTr "
                         "of the same source converted without --labeled; only those of each draw's labeled cases "
@@ -435,4 +451,4 @@ def parser():
 def main(argv=None):
     a = parser().parse_args(argv)
     run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np,
-                  a.reference, a.runs, a.draws, a.draw_labels)
+                  a.reference, a.runs, a.draws, a.draw_labels, a.pool_labels)
