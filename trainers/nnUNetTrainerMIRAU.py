@@ -179,3 +179,12 @@ class nnUNetTrainerMIRAU_NoEntropy(nnUNetTrainerMIRAU):
     """Table 5, "no entropy loss": gamma = 0."""
     gamma = 0.0
     unsupervised_terms = ("pseudo_loss", "consistency_loss")  # L_ent is registered, with no weight
+
+
+class nnUNetTrainerMIRAU_MeanTargetWeakView(nnUNetTrainerMIRAU_MeanTarget):
+    """A diagnostic, not the paper: the student learns the mean target on the weak view itself (no strong
+    photometric perturbation, no CutOut). On PH2 every MIRA-U form shrank the lesions; a student asked to match
+    the teacher on a view whose faint lesion borders the perturbation has erased learns "background when in
+    doubt" (the CE-optimal answer under lost information, background being the majority). This tests it."""
+    strong_photometric = Photometric(p=0.0)
+    strong_cutout = CutOut(p=0.0)
