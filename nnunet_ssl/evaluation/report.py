@@ -1,7 +1,7 @@
 """report.html: one self-contained results page (the benchmark's, the leaderboard's, the demo's).
 
 The table, the paired statistics, the figures (per-case Dice, overlays, ...), each model's training curves
-(nnU-Net's progress.png and nnunet_ssl's progress_ssl.png), the commands and the software versions, in one file:
+(nnU-Net's progress.png, nnunet_ssl's progress_ssl.png and, with --pool-labels, pool_audit.png), the commands and the software versions, in one file:
 pictures are embedded as data: URIs, the style is inline; the page loads nothing (no scripts, fonts or links to
 other sites), so it can be mailed, archived or opened offline. All text is HTML-escaped.
 """
@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 from nnunet_ssl.utilities.atomic import write_text
 
 MAX_IMAGE_WIDTH = 1600  # wider pictures (nnU-Net's progress.png is 3000 px wide) are scaled down to this
-TRAINING_CURVES = ("progress.png", "progress_ssl.png")
+TRAINING_CURVES = ("progress.png", "progress_ssl.png", "pool_audit.png")  # the last: with --pool-labels
 PACKAGES = ("nnunet_ssl", "nnunetv2", "torch", "numpy", "scipy", "monai", "matplotlib")
 
 STYLE = """
@@ -120,8 +120,8 @@ def write_report(path: str, title: str, rows: Sequence[dict] = (), statistics: S
     rows: leaderboard rows (nnunet_ssl.evaluation.leaderboard.collect or make_row), shown as the leaderboard table;
     statistics: nnunet_ssl.evaluation.statistics.paired_statistics(rows), the paired-differences table;
     figures: heading -> PNG file (e.g. {"Dice per case": ..., "Overlays": ...}), in this order;
-    training_curves: label -> a trained fold folder; its progress.png and progress_ssl.png are shown (a file a
-        trainer does not write, e.g. nnUNetTrainer's progress_ssl.png, is left out);
+    training_curves: label -> a trained fold folder; its progress.png, progress_ssl.png and pool_audit.png are
+        shown (a file the training did not write, e.g. nnUNetTrainer's progress_ssl.png, is left out);
     commands: the command lines that made the results (strings, or argument lists: quoted here);
     versions: name -> version (default: software_versions());
     notes: paragraphs of plain text under the title;
