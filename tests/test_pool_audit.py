@@ -91,6 +91,9 @@ def test_train_with_pool_labels_audits_every_epoch_with_the_inference_weights(da
     assert str(empty) in err and "no label for any of the 6 unlabeled cases" in err and "case" in err
     assert "not a folder" in refused(capsys, ["train", "801", "2d", "1", "-tr", TRAINER, "--epochs", "2", "--iters",
                                               "2", "--pool-labels", str(tmp_path / "missing"), "-device", "cpu"])
+    assert "--pool-audit-cases 0: must be at least 1" in refused(
+        capsys, ["train", "801", "2d", "1", "-tr", TRAINER, "--epochs", "2", "--iters", "2", "--pool-labels", labels,
+                 "--pool-audit-cases", "0", "-device", "cpu"])
 
     stats = tmp_path / "stats.json"
     main(["train", "801", "2d", "1", "-tr", TRAINER, "--epochs", "2", "--iters", "2", "--val-iters", "1",

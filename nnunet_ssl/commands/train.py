@@ -55,6 +55,8 @@ def train(dataset: str, configuration: str, fold, trainer_name: str, epochs: int
     nnunet_folder("nnUNet_results")
     if pool_labels and not os.path.isdir(pool_labels):  # before the trainer is built: fail in a second
         raise PoolAuditError(f"--pool-labels {pool_labels}: not a folder")
+    if pool_audit_cases is not None and pool_audit_cases < 1:
+        raise PoolAuditError(f"--pool-audit-cases {pool_audit_cases}: must be at least 1")
     dataset = dataset_name(dataset)
     trainer_class(trainer_name)
     fold_folder = get_output_folder(dataset, trainer_name, plans, configuration, fold)

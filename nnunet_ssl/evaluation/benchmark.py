@@ -58,7 +58,8 @@ from nnunet_ssl.utilities.runner import run_logged
 RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterations_per_epoch", "device",
                "draw", "run", "labeled_cases", "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter",
                "peak_rss_gb", "peak_gpu_gb", "summary_file", "Dice_mean", "Dice_median", "failed_cases")
-REPEATS = ("runs", "draws", "draw_labels", "labeled_cases", "pool_labels")  # benchmark.json keys that may change between calls
+# benchmark.json keys that may change between calls
+REPEATS = ("runs", "draws", "draw_labels", "labeled_cases", "pool_labels")
 
 
 class BenchmarkError(UserError):

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from typing import Dict, List, Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from nnunet_ssl.core.progress import plot_ssl_progress
@@ -59,10 +60,10 @@ def summarize(per_case: Dict[str, Dict[str, float]]) -> dict:
     """The epoch's line: mean and median Dice, failed cases (Dice < FAILED_DICE, as the test-set summaries),
     median and mean volume ratio, cases under- and over-segmented by volume."""
     scored = [s for s in per_case.values() if np.isfinite(s["dice"])]
-    dice = np.array([s["dice"] for s in scored])
-    ratio = np.array([s["volume_ratio"] for s in scored])
     if not scored:
         return {"n_cases": 0}
+    dice = np.array([s["dice"] for s in scored])
+    ratio = np.array([s["volume_ratio"] for s in scored])
     return {"n_cases": len(scored), "dice_mean": float(dice.mean()), "dice_median": float(np.median(dice)),
             "failed_cases": int((dice < FAILED_DICE).sum()), "volume_ratio_median": float(np.median(ratio)),
             "volume_ratio_mean": float(ratio.mean()), "under_segmented": int((ratio < UNDER).sum()),
@@ -84,9 +85,7 @@ def pool_label_files(raw_dataset_folder: str, dataset_json: dict, labels_folder:
         raise PoolAuditError(f"--pool-labels {labels_folder}: no label for any of the {len(cases)} unlabeled cases of "
                              f"{os.path.join(raw_dataset_folder, 'imagesUnlabeled')} (expected e.g. {first}{ending})")
     if max_cases is not None:
-        if max_cases < 1:
-            raise PoolAuditError(f"--pool-audit-cases {max_cases}: must be at least 1")
-        found = dict(list(found.items())[:max_cases])
+        found = dict(list(found.items())[:max(1, max_cases)])
     return found
 
 
@@ -121,7 +120,7 @@ class PoolAudit:
         return data.astype(np.float32), truth
 
     def predictor(self):
-        import torch
+        """nnU-Net's predictor around the trainer's network, as nnU-Net's own final validation builds it."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         t = self.trainer
@@ -129,7 +128,7 @@ class PoolAudit:
                                     perform_everything_on_device=t.device.type == "cuda", allow_tqdm=False)
         predictor.manual_initialization(t.network, t.plans_manager, t.configuration_manager, None, t.dataset_json,
                                         type(t).__name__, None)
-        return predictor, torch
+        return predictor
 
     def scores(self) -> Dict[str, Dict[str, float]]:
         """Dice and volume ratio per case, predicted with the trainer's inference choice (its student for a
@@ -137,7 +136,7 @@ class PoolAudit:
         t = self.trainer
         weights = t.inference_network() if hasattr(t, "inference_network") else nullcontext()
         was_training = t.network.training
-        predictor, torch = self.predictor()
+        predictor = self.predictor()
         per_case = {}
         t.set_deep_supervision_enabled(False)
         t.network.eval()
