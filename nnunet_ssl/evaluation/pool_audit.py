@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunet_ssl.components.pseudo_labels import agreement
 from nnunet_ssl.core.progress import plot_ssl_progress
 from nnunet_ssl.data.pool import find_unlabeled_cases
 from nnunet_ssl.evaluation.metrics import FAILED_DICE
@@ -38,22 +39,17 @@ class PoolAuditError(UserError):
 
 
 def case_scores(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int]) -> Dict[str, float]:
-    """Dice and predicted / true volume of one case, each the mean over the foreground labels present in the
-    truth (a label the truth lacks has no volume to compare with; if the prediction has it, it is a false
-    positive that the Dice of the labels present does not see, so it is counted as one more label of Dice 0).
-    NaN when the truth has no foreground label."""
-    dice, ratio = [], []
+    """Dice and predicted / true volume of one case. Dice: the mean over the foreground labels present in either
+    map (a label predicted that the truth lacks counts as Dice 0: pseudo_labels.agreement). Volume: the mean over
+    the labels present in the truth. Both NaN when the truth has no foreground label."""
+    ratios = []
     for label in labels:
-        true, predicted = truth == label, prediction == label
-        n_true, n_predicted = int(true.sum()), int(predicted.sum())
+        n_true = int((truth == label).sum())
         if n_true:
-            dice.append(2.0 * int(np.logical_and(true, predicted).sum()) / (n_true + n_predicted))
-            ratio.append(n_predicted / n_true)
-        elif n_predicted:
-            dice.append(0.0)
-    if not ratio:
+            ratios.append(int((prediction == label).sum()) / n_true)
+    if not ratios:
         return {"dice": float("nan"), "volume_ratio": float("nan")}
-    return {"dice": float(np.mean(dice)), "volume_ratio": float(np.mean(ratio))}
+    return {"dice": agreement(prediction, truth, labels), "volume_ratio": float(np.mean(ratios))}
 
 
 def summarize(per_case: Dict[str, Dict[str, float]]) -> dict:

@@ -1,9 +1,9 @@
 """report.html: one self-contained results page (the benchmark's, the leaderboard's, the demo's).
 
 The table, the paired statistics, the figures (per-case Dice, overlays, ...), each model's training curves
-(nnU-Net's progress.png, nnunet_ssl's progress_ssl.png and, with --pool-labels, pool_audit.png), the commands and the software versions, in one file:
-pictures are embedded as data: URIs, the style is inline; the page loads nothing (no scripts, fonts or links to
-other sites), so it can be mailed, archived or opened offline. All text is HTML-escaped.
+(nnU-Net's progress.png, nnunet_ssl's progress_ssl.png and, with --pool-labels, pool_audit.png), the commands and
+the software versions, in one file: pictures are embedded as data: URIs, the style is inline; the page loads
+nothing (no scripts, fonts or links to other sites), so it can be mailed, archived or opened offline. All text is HTML-escaped.
 """
 import base64
 import datetime
