@@ -170,3 +170,11 @@ class nnUNetTrainerSGRS_NREverywhere(nnUNetTrainerSGRS):
     regions_mode = "nr_everywhere"
     unsupervised_terms = ("nr_loss",)  # L_con has an empty region
 
+
+
+# ---------------------------------------------------------------------- the authors' code (reference-code-notes)
+class nnUNetTrainerSGRS_AuthorsLoss(nnUNetTrainerSGRS):
+    """The unsupervised loss as the authors' code weighs and computes it (S1, S2): the regional CE at 0.5 and each
+    regional Dice at 0.25 relative to L_sup, the Dice per sample and class with smoothing in both sums."""
+    unsup_ce_weight, unsup_dice_weight = 0.5, 0.25
+    regional_dice = "per_class"

@@ -31,6 +31,14 @@ def agreement(a: np.ndarray, b: np.ndarray, labels: Iterable[int]) -> float:
     return float(np.mean(dices)) if dices else 1.0
 
 
+def volume_ratio(prediction: np.ndarray, truth: np.ndarray, labels: Iterable[int]) -> float:
+    """Predicted / true volume of one case, the mean over those of `labels` present in the truth (below 1:
+    under-segmented); NaN when the truth has none of them."""
+    ratios = [int((prediction == label).sum()) / int((truth == label).sum()) for label in labels
+              if (truth == label).any()]
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
 def ensemble_agreement(ensemble: np.ndarray, members: Sequence[np.ndarray], labels: Iterable[int]) -> float:
     """How much the ensemble's members agree with the ensemble's own segmentation: the mean of their
     agreements. 1 when every member predicts what the ensemble predicts."""

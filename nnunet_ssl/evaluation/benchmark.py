@@ -18,8 +18,9 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    draws (per trainer: mean, std and range of mean Dice, median Dice and failed cases), every result, the paired
    per-case differences to the reference trainer (--reference) in each draw and run and pooled over all of them
    (paired_statistics.csv/.json), overlays.png (image, ground truth and each trainer's prediction of the test
-   cases, the reference's worst first) and report.html, one self-contained page of all of it with the training
-   curves, commands and versions.
+   cases, the reference's worst first), paired_overlays_<trainer>.png (the cases where the trainer loses most
+   against the reference, then those it gains most on, with Dice and predicted / true size) and report.html, one
+   self-contained page of all of it with the training curves, commands and versions.
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
 interrupted training continues from its latest checkpoint (--c; written after every epoch). The budget is fixed
@@ -41,7 +42,8 @@ Output folder layout (stable; the project's issues report numbers from it):
   draw_<k>/run_<r>/nnUNet_results/<Dataset>/<trainer>__<plans>__<conf>/test_predictions_fold_<f>/  predictions +
                                  summary_ssl.json
   draw_<k>/run_<r>/leaderboard.md, leaderboard.csv, paired_statistics.{csv,json}, dice_per_case.png,
-                                 overlays.png, report.html      this draw and run (leaderboard_of.json: of which
+                                 overlays.png, paired_overlays_<trainer>.png, report.html      this draw and
+                                 run (leaderboard_of.json: of which
                                  records; rewritten only when they change)
   leaderboard.md, leaderboard.csv, repeats.json, paired_statistics.{csv,json}, dice_per_case.png, report.html
                                  all draws and runs (overlays and training curves: those of draw 1, run 1)
@@ -342,19 +344,25 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         rows += mine
         overlays[(draw, run)] = os.path.join(sub, "overlays.png")
         # written again only when its records or trainers changed (an added run leaves the others as they are)
-        stamp = {"trainers": list(trainers), "reference": reference, "records": [
+        stamp = {"trainers": list(trainers), "reference": reference, "paired_sheets": True, "records": [
             os.stat(os.path.join(sub, "records", f"{t}.json")).st_mtime_ns for t in trainers]}
         stamp_file = os.path.join(sub, "leaderboard_of.json")
         if _read_json(stamp_file) == stamp and os.path.isfile(os.path.join(sub, "report.html")):
             continue
         shown = [reference] + [t for t in trainers if t != reference]  # worst cases of the reference first
-        write_contact_sheet(os.path.join(draw_raw, "imagesTs"), os.path.join(draw_raw, "labelsTs"),
-                            [os.path.join(sub, "nnUNet_results", draw_dataset, f"{t}__{plans}__{configuration}",
-                                          TEST_PREFIX + str(fold)) for t in shown], shown, dataset_json,
+        predictions = {t: os.path.join(sub, "nnUNet_results", draw_dataset, f"{t}__{plans}__{configuration}",
+                                       TEST_PREFIX + str(fold)) for t in shown}
+        test_images, test_labels = os.path.join(draw_raw, "imagesTs"), os.path.join(draw_raw, "labelsTs")
+        write_contact_sheet(test_images, test_labels, [predictions[t] for t in shown], shown, dataset_json,
                             overlays[(draw, run)])
+        figures = {f"Overlays: test cases, worst of {reference} first": overlays[(draw, run)]}
+        for trainer in shown[1:]:  # where each trainer differs most from the reference: what its gain is made of
+            paired_sheet = os.path.join(sub, f"paired_overlays_{trainer}.png")
+            if write_contact_sheet(test_images, test_labels, [predictions[reference], predictions[trainer]],
+                                   [reference, trainer], dataset_json, paired_sheet, order="difference"):
+                figures[f"{trainer} against {reference}: its largest losses, then its largest gains"] = paired_sheet
         write_leaderboard(mine, sub, f"Benchmark: {draw_dataset} {configuration}, {budget}, draw {draw}, run {run}",
-                          paired_statistics(mine, reference),
-                          {f"Overlays: test cases, worst of {reference} first": overlays[(draw, run)]},
+                          paired_statistics(mine, reference), figures,
                           commands=[command] + logged_commands(sub, trainers))
         write_json(stamp_file, stamp)
     test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows}
@@ -370,7 +378,10 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     files = write_leaderboard(
         rows, out, f"Benchmark: {name} {configuration}, {budget}, {draws} draw(s) x {runs} run(s)", statistics,
         {f"Overlays of draw 1, run 1: test cases, worst of {reference} first (each draw_<k>/run_<r>/ has its "
-         f"own)": overlays[(1, 1)]},
+         f"own)": overlays[(1, 1)],
+         **{f"Draw 1, run 1: {t} against {reference}, its largest losses, then its largest gains": sheet
+            for t in trainers if os.path.isfile(sheet := os.path.join(run_folder(out, 1, 1),
+                                                                      f"paired_overlays_{t}.png"))}},
         training_curves={f"{r['trainer']}, draw 1, run 1": os.path.join(r["model_folder"], f"fold_{fold}")
                          for r in rows if (r["draw"], r["run"]) == (1, 1)},
         commands=[command, f"# which ran, with nnUNet_results=<draw_k/run_r>/nnUNet_results (draws 2..: "

@@ -1,7 +1,9 @@
 """`nnunet_ssl overlay`: a contact sheet of test cases, to look at what the numbers mean.
 
 One row per case, worst first by the reference (first) prediction folder's Dice: the image, the ground truth and
-each prediction folder's segmentation over it, with the case's Dice in each title. 2D images are shown whole
+each prediction folder's segmentation over it, with the case's Dice and predicted / true foreground size (area in
+2D, volume in 3D; below 1: under-segmented) in each title. `--order difference` shows instead where the last folder differs most from the
+first: its largest losses in Dice first, then its largest gains (e.g. an SSL trainer against nnUNetTrainer). 2D images are shown whole
 (RGB as RGB); 3D volumes by the slice with the largest ground-truth area (the first channel, grey values clipped
 to the 1st-99th percentile). Files are read with the dataset's nnU-Net reader.
 """
@@ -23,6 +25,15 @@ def case_dice(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[in
         total = p.sum() + r.sum()
         scores.append(1.0 if total == 0 else 2.0 * np.logical_and(p, r).sum() / total)
     return float(np.mean(scores))
+
+
+def paired_order(first: Dict[str, float], last: Dict[str, float], max_cases: int) -> List[str]:
+    """Cases by last - first Dice: up to max_cases // 2 with the largest losses (most negative first), then the
+    largest gains (largest first) up to max_cases rows; cases without a difference are not shown."""
+    difference = sorted((last[c] - first[c], c) for c in first)
+    losses = [c for d, c in difference if d < 0][: max_cases // 2]
+    gains = [c for d, c in reversed(difference) if d > 0][: max_cases - len(losses)]
+    return losses + gains
 
 
 def display_slice(reference: np.ndarray) -> int:
@@ -71,8 +82,11 @@ def save_figure(fig, out_file: str) -> None:
 
 
 def write_contact_sheet(images_folder: str, reference_folder: str, prediction_folders: Sequence[str],
-                        names: Sequence[str], dataset_json: dict, out_file: str, max_cases: int = 12) -> List[str]:
-    """The sheet of the cases every prediction folder has; returns the case ids shown, worst first."""
+                        names: Sequence[str], dataset_json: dict, out_file: str, max_cases: int = 12,
+                        order: str = "worst") -> List[str]:
+    """The sheet of the cases every prediction folder has; returns the case ids shown, in the sheet's order.
+    `order`: "worst" (by the first folder's Dice) or "difference" (paired_order of the first and last folder;
+    no sheet is written, and [] returned, when every case has the same Dice in both)."""
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
@@ -80,6 +94,7 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
     from tqdm import tqdm
 
+    from nnunet_ssl.components.pseudo_labels import volume_ratio
     from nnunet_ssl.utilities.inputs import UserError
 
     ending = dataset_json["file_ending"]
@@ -98,11 +113,23 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
     def seg(folder, case):
         return reader.read_seg(os.path.join(folder, case + ending))[0][0]  # (Z, Y, X)
 
-    scored = []
-    for case in tqdm(cases, desc=f"ordering {os.path.basename(out_file)} by {names[0]}'s Dice", unit="case"):
+    if order not in ("worst", "difference"):
+        raise ValueError(f"unknown order {order!r}")
+    if order == "difference" and len(prediction_folders) < 2:
+        raise UserError("--order difference compares two prediction folders (the first and the last); got one")
+    ordered_by = names[0] if order == "worst" else f"{names[-1]} - {names[0]}"
+    first, last = {}, {}
+    for case in tqdm(cases, desc=f"ordering {os.path.basename(out_file)} by {ordered_by} Dice", unit="case"):
         reference = seg(reference_folder, case)
-        scored.append((case_dice(seg(prediction_folders[0], case), reference, labels), case))
-    shown = [case for _, case in sorted(scored)[:max_cases]]
+        first[case] = case_dice(seg(prediction_folders[0], case), reference, labels)
+        if order == "difference":
+            last[case] = case_dice(seg(prediction_folders[-1], case), reference, labels)
+    if order == "worst":
+        shown = sorted(first, key=lambda c: (first[c], c))[:max_cases]
+    else:
+        shown = paired_order(first, last, max_cases)
+        if not shown:  # nothing to show: no sheet
+            return []
 
     columns = ["image", "ground truth"] + list(names)
     fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.4 * len(columns), 2.5 * len(shown)), squeeze=False)
@@ -118,9 +145,12 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
             if col > 0:
                 show_labels(ax, masks[col - 1][z], max(labels))
                 if col > 1:
-                    title = f"{title}\nDice {case_dice(masks[col - 1], reference, labels):.3f}"
+                    title = (f"{title}\nDice {case_dice(masks[col - 1], reference, labels):.3f}, "
+                             f"size x{volume_ratio(masks[col - 1], reference, labels):.2f}")
             else:
                 title = f"{case}" + (f" (slice {z})" if image.shape[1] > 1 else "")
+                if order == "difference":
+                    title += f"\n{100 * (last[case] - first[case]):+.1f} Dice points"  # last - first
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
@@ -139,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-djfile", required=True, help="the dataset's dataset.json (labels, file ending, reader)")
     p.add_argument("-o", default="overlays.png", help="output PNG (default: overlays.png)")
     p.add_argument("--max-cases", type=int, default=12, help="rows of the sheet (default: 12)")
+    p.add_argument("--order", choices=("worst", "difference"), default="worst",
+                   help="worst: the first folder's worst cases first (default); difference: the last folder's "
+                        "largest losses against the first, then its largest gains")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 
@@ -152,5 +185,10 @@ def main(argv=None):
         parser().error(f"{a.o} exists; pass --overwrite to replace it, or another -o")
     with open(a.djfile) as f:
         dataset_json: Dict = json.load(f)
-    shown = write_contact_sheet(a.i, a.r, a.p, names, dataset_json, a.o, a.max_cases)
-    print(f"{a.o}: {len(shown)} cases, worst first by {names[0]}: {', '.join(shown)}")
+    shown = write_contact_sheet(a.i, a.r, a.p, names, dataset_json, a.o, a.max_cases, a.order)
+    how = f"worst first by {names[0]}" if a.order == "worst" else \
+        f"{names[-1]}'s largest losses against {names[0]} first, then its largest gains"
+    if not shown:
+        print(f"{a.o} not written: every case has the same Dice in {a.p[0]} and {a.p[-1]}")
+        return
+    print(f"{a.o}: {len(shown)} cases, {how}: {', '.join(shown)}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_ssl.components.pseudo_labels import agreement
+from nnunet_ssl.components.pseudo_labels import agreement, volume_ratio
 from nnunet_ssl.core.progress import plot_ssl_progress
 from nnunet_ssl.data.pool import find_unlabeled_cases
 from nnunet_ssl.evaluation.metrics import FAILED_DICE
@@ -42,14 +42,10 @@ def case_scores(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int]
     """Dice and predicted / true volume of one case. Dice: the mean over the foreground labels present in either
     map (a label predicted that the truth lacks counts as Dice 0: pseudo_labels.agreement). Volume: the mean over
     the labels present in the truth. Both NaN when the truth has no foreground label."""
-    ratios = []
-    for label in labels:
-        n_true = int((truth == label).sum())
-        if n_true:
-            ratios.append(int((prediction == label).sum()) / n_true)
-    if not ratios:
+    ratio = volume_ratio(prediction, truth, labels)
+    if not np.isfinite(ratio):
         return {"dice": float("nan"), "volume_ratio": float("nan")}
-    return {"dice": agreement(prediction, truth, labels), "volume_ratio": float(np.mean(ratios))}
+    return {"dice": agreement(prediction, truth, labels), "volume_ratio": ratio}
 
 
 def summarize(per_case: Dict[str, Dict[str, float]]) -> dict:
