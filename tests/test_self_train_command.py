@@ -336,3 +336,37 @@ def test_disagreement_filter_scores_each_fold_against_the_ensemble(source, nnune
     assert result["scores"]["unl0000"] == 1.0 and result["scores"]["unl0003"] == pytest.approx((1 + 19 / 24) / 2)
     assert result["method"] == "disagreement" and result["min_agreement"] == 0.85
     assert st._filter(1) == (kept, dropped)  # done: read back, not recomputed
+
+
+def test_round_0_from_a_semi_supervised_trainer(nnunet_env, capsys):
+    """--round0-trainer: the source's model is the SSL trainer's (its pool preprocessed first, else refused), its
+    predictions are round 1's pseudo labels, and the round's and final model are -tr's."""
+    from nnunet_ssl.data.pool import preprocess_unlabeled
+
+    prepare(nnunet_env, 807, 2, "2d", pool=False, n_labeled=4, n_unlabeled=5, n_test=2, size=40)
+    args = ["self-train", "-d", "807", "-c", "2d", "-f", "all", "--round0-trainer", "nnUNetTrainerMeanTeacher",
+            "--target-ids", "871", "--epochs", "1", "--iters", "2", "--val-iters", "1", "-device", "cpu", "-np", "1",
+            "-npp", "0", "-nps", "0"]
+    err = refused(capsys, args)
+    assert "Unlabeled pool not found" in err and "nnunet_ssl preprocess-unlabeled -d Dataset807_T2D -c 2d" in err
+    assert "-tr must be a supervised one" in refused(capsys, args + ["-tr", "nnUNetTrainerSGRS"])
+    preprocess_unlabeled(807, ["2d"], num_processes=1, verbose=False)
+
+    out = nnunet_ssl_cli(*args).stdout
+    results = nnunet_env["nnUNet_results"]
+    work = os.path.join(results, "Dataset807_T2D",
+                        "self_train_nnUNetTrainerMeanTeacher_then_nnUNetTrainer__nnUNetPlans__2d")
+    assert "round 0 nnUNetTrainerMeanTeacher, then nnUNetTrainer" in out
+    for dataset, trainer in (("Dataset807_T2D", "nnUNetTrainerMeanTeacher"), ("Dataset871_T2DST1", "nnUNetTrainer")):
+        assert os.path.isfile(os.path.join(results, dataset, f"{trainer}__nnUNetPlans__2d", "fold_all",
+                                           "checkpoint_final.pth"))
+    assert not os.path.exists(os.path.join(results, "Dataset807_T2D", "nnUNetTrainer__nnUNetPlans__2d"))
+    predict_log = open(os.path.join(work, "logs", "predict_round_1.log")).read()
+    assert "-tr nnUNetTrainerMeanTeacher" in predict_log.splitlines()[0]
+    summary = json.load(open(os.path.join(work, "summary.json")))
+    assert summary["round0_trainer"] == "nnUNetTrainerMeanTeacher" and summary["trainer"] == "nnUNetTrainer"
+    assert [(r["pseudo_labels_by"], r["pseudo_labels_trainer"], r["n_pool"]) for r in summary["rounds"]] == \
+        [("Dataset807_T2D", "nnUNetTrainerMeanTeacher", 5)]
+    assert "-d 871 -c 2d -tr nnUNetTrainer -p nnUNetPlans -f all" in summary["final_model"]["predict"]
+    note = json.load(open(os.path.join(nnunet_env["nnUNet_raw"], "Dataset871_T2DST1", "dataset.json")))
+    assert "nnUNetTrainerMeanTeacher__nnUNetPlans__2d" in note["nnunet_ssl_self_training"]["pseudo_labels_by"]

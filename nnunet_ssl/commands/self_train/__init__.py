@@ -1,6 +1,8 @@
 """`nnunet_ssl self-train`: self-training at scale with stock nnU-Net commands.
 
-Round k (k = 1..R) starts from the model trained on dataset D_{k-1} (D_0: the original dataset):
+Round k (k = 1..R) starts from the model trained on dataset D_{k-1} (D_0: the original dataset; with
+--round0-trainer, D_0's model is that trainer's, e.g. nnUNetTrainerSGRS, whose EMA teacher then pseudo-labels the
+pool; every later model is -tr's):
   1. train      the chosen folds of D_{k-1} (skipped when checkpoint_final.pth exists, continued with --c from
                 checkpoint_latest.pth); `nnunet_ssl train` when a budget (--epochs/--iters) is given, else
                 nnUNetv2_train;
@@ -20,6 +22,7 @@ Every step skips work already done and every folder is written completely or not
 split run continues where it stopped. The original raw and preprocessed datasets are only read.
 
 Work folder: $nnUNet_results/<Dataset>/self_train_<trainer>__<plans>__<configuration>/
+             (with --round0-trainer: self_train_<round-0 trainer>_then_<trainer>__<plans>__<configuration>/)
   state.json                      settings and the round datasets (a re-run with other settings is refused)
   summary.json                    per round: dataset, labeled / pseudo-labelled kept / dropped; the final model
   logs/                           one log per stock command (train_*, predict_*, preprocess_*)
@@ -45,10 +48,11 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
                  folds=None, rounds: int = 1, target_ids=None, filter: str = "none", min_agreement: float = 0.9,
                  epochs: int = None, iterations: int = None, val_iterations: int = None, device: str = None,
                  npp: int = None, nps: int = None, num_parts: int = None, part_id: int = None,
-                 num_processes: int = None, stop_before: str = None):
+                 num_processes: int = None, stop_before: str = None, round0_trainer: str = None):
         from nnunet_ssl.utilities.paths import ensure_ext_trainer_env
 
         self.configuration, self.trainer, self.plans_identifier = configuration, trainer, plans
+        self.round0_trainer = round0_trainer or trainer
         self.rounds, self.filter = rounds, filter
         self.min_agreement = None if filter == "none" else float(min_agreement)
         self.epochs, self.iterations, self.val_iterations = epochs, iterations, val_iterations
@@ -71,7 +75,9 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
         if filter == "disagreement" and (self.folds == ["all"] or len(self.folds) < 2):
             raise SelfTrainError(f"--filter disagreement compares the folds of an ensemble with their ensemble: it "
                                  f"needs at least 2 numbered folds (got -f {' '.join(_fold_arg(self.folds))})")
-        self.work = os.path.join(self.results_root, self.source, f"self_train_{trainer}__{plans}__{configuration}")
+        self._check_round0_trainer()
+        trainers = trainer if self.round0_trainer == trainer else f"{self.round0_trainer}_then_{trainer}"
+        self.work = os.path.join(self.results_root, self.source, f"self_train_{trainers}__{plans}__{configuration}")
         self.state_file = os.path.join(self.work, "state.json")
         self.state = self._load_state()
         self.target_ids = self._check_target_ids(target_ids)
@@ -179,6 +185,26 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
         self.label_values = self._foreground_labels()
         self.reader_writer = self.plans["image_reader_writer"]
 
+    def _check_round0_trainer(self) -> None:
+        """With --round0-trainer: a semi-supervised one needs the source's preprocessed pool (refused now, with the
+        command that makes it, rather than in the training's log), and -tr must be supervised: the round datasets
+        have no unlabeled pool."""
+        if self.round0_trainer == self.trainer:
+            return
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from nnunet_ssl.core.trainer import nnUNetTrainerSSL
+        from nnunet_ssl.data.pool import check_pool, preprocessed_pool_folder
+        from nnunet_ssl.utilities.inputs import trainer_class
+
+        if issubclass(trainer_class(self.trainer), nnUNetTrainerSSL):
+            raise SelfTrainError(f"-tr {self.trainer} is a semi-supervised trainer: the round datasets have no "
+                                 f"unlabeled pool, so -tr must be a supervised one (e.g. nnUNetTrainer)")
+        if issubclass(trainer_class(self.round0_trainer), nnUNetTrainerSSL):
+            cm = PlansManager(self.plans).get_configuration(self.configuration)
+            check_pool(preprocessed_pool_folder(self.source_pre, cm.data_identifier), self.plans, self.configuration,
+                       self.source, self.plans_identifier)
+
     def _foreground_labels(self) -> list:
         """Foreground label values of dataset.json (background 0 and an 'ignore' label left out; region-based
         datasets list several values per entry)."""
@@ -215,10 +241,13 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
         return parsed
 
     def _settings(self) -> dict:
-        return {"dataset": self.source, "configuration": self.configuration, "trainer": self.trainer,
-                "plans": self.plans_identifier, "folds": _fold_arg(self.folds), "filter": self.filter,
-                "min_agreement": self.min_agreement, "epochs": self.epochs, "iterations": self.iterations,
-                "val_iterations": self.val_iterations}
+        settings = {"dataset": self.source, "configuration": self.configuration, "trainer": self.trainer,
+                    "plans": self.plans_identifier, "folds": _fold_arg(self.folds), "filter": self.filter,
+                    "min_agreement": self.min_agreement, "epochs": self.epochs, "iterations": self.iterations,
+                    "val_iterations": self.val_iterations}
+        if self.round0_trainer != self.trainer:  # (absent otherwise: the state of a run before the option reads)
+            settings["round0_trainer"] = self.round0_trainer
+        return settings
 
     def _load_state(self) -> dict:
         settings = self._settings()
@@ -272,9 +301,13 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
     def _log(self, name: str) -> str:
         return os.path.join(self.work, "logs", name + ".log")
 
+    def _trainer_of(self, dataset_name: str) -> str:
+        """The trainer of the model on `dataset_name`: --round0-trainer on the source, -tr on every round's."""
+        return self.round0_trainer if dataset_name == self.source else self.trainer
+
     def _model_folder(self, dataset_name: str, fold=None) -> str:
         folder = os.path.join(self.results_root, dataset_name,
-                              f"{self.trainer}__{self.plans_identifier}__{self.configuration}")
+                              f"{self._trainer_of(dataset_name)}__{self.plans_identifier}__{self.configuration}")
         return folder if fold is None else os.path.join(folder, f"fold_{fold}")
 
     @staticmethod
@@ -288,8 +321,8 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
         for k in range(1, self.rounds + 1):
             name = self.state["round_datasets"].get(str(k))
             filter_file = os.path.join(self._round_folder(k), "filter.json")
-            entry = {"round": k, "pseudo_labels_by": model, "dataset": name, "n_labeled": len(self.labeled),
-                     "n_pool": len(self.pool)}
+            entry = {"round": k, "pseudo_labels_by": model, "pseudo_labels_trainer": self._trainer_of(model),
+                     "dataset": name, "n_labeled": len(self.labeled), "n_pool": len(self.pool)}
             if os.path.isfile(filter_file):
                 result = _load_json(filter_file)
                 entry.update(filter=result["method"], min_agreement=result["min_agreement"],
@@ -297,7 +330,8 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
             rounds.append(entry)
             model = name
         summary = {"source": self.source, "configuration": self.configuration, "trainer": self.trainer,
-                   "plans": self.plans_identifier, "folds": _fold_arg(self.folds), "rounds": rounds}
+                   "round0_trainer": self.round0_trainer, "plans": self.plans_identifier,
+                   "folds": _fold_arg(self.folds), "rounds": rounds}
         if final_model:
             summary["final_model"] = {"dataset": final_model, "trainer": self.trainer, "plans": self.plans_identifier,
                                       "configuration": self.configuration, "folds": _fold_arg(self.folds),
@@ -320,7 +354,10 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
         budget = (f"{self.epochs} epochs x {self.iterations} iterations" if self.epochs is not None
                   else "nnU-Net's training length")
         print(f"self-training {self.source} ({len(self.labeled)} labeled, {len(self.pool)} unlabeled), "
-              f"{self.configuration}, {self.trainer}, folds {' '.join(_fold_arg(self.folds))}, {self.rounds} "
+              f"{self.configuration}, "
+              + (f"{self.trainer}" if self.round0_trainer == self.trainer else
+                 f"round 0 {self.round0_trainer}, then {self.trainer}")
+              + f", folds {' '.join(_fold_arg(self.folds))}, {self.rounds} "
               f"round(s), filter {self.filter}"
               + (f" (min agreement {self.min_agreement})" if self.min_agreement is not None else "")
               + f", {budget}\nwork folder: {self.work}", flush=True)
@@ -386,7 +423,12 @@ def main(argv=None):
     p.add_argument("-d", required=True, help="dataset name or id (raw dataset with imagesUnlabeled/, planned and "
                                              "preprocessed)")
     p.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")
-    p.add_argument("-tr", default="nnUNetTrainer", help="trainer (default: nnUNetTrainer)")
+    p.add_argument("-tr", default="nnUNetTrainer", help="supervised trainer of every round's model and the final "
+                                                         "one (default: nnUNetTrainer)")
+    p.add_argument("--round0-trainer", default=None,
+                   help="trainer of the first model, on the original dataset, whose predictions are round 1's "
+                        "pseudo labels: e.g. nnUNetTrainerSGRS (its EMA teacher predicts; the pool must be "
+                        "preprocessed, nnunet_ssl preprocess-unlabeled). Default: -tr")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", nargs="+", default=None, help="folds of every model, or 'all' (default: the folds of "
                                                        "splits_final.json, 'all' without one)")
@@ -414,7 +456,8 @@ def main(argv=None):
                                                        "labels (default: nnU-Net's, nnUNet_def_n_proc)")
     a = p.parse_args(argv)
     SelfTraining(a.d, a.c, a.tr, a.p, a.f, a.rounds, a.target_ids, a.filter, a.min_agreement, a.epochs, a.iters,
-                 a.val_iters, a.device, a.npp, a.nps, a.num_parts, a.part_id, a.np, a.stop_before).run()
+                 a.val_iters, a.device, a.npp, a.nps, a.num_parts, a.part_id, a.np, a.stop_before,
+                 a.round0_trainer).run()
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class PoolPredictionStep:
                                         f"_part_{self.part_id}_of_{self.num_parts}"))
             self._say(tag, f"predict the pool{part} with {what}: {len(todo)} case(s) to go (log: {log})")
             cmd = ["nnUNetv2_predict", "-i", os.path.join(self.source_raw, "imagesUnlabeled"), "-o", partial,
-                   "-d", model, "-c", self.configuration, "-f", *_fold_arg(folds), "-tr", self.trainer,
+                   "-d", model, "-c", self.configuration, "-f", *_fold_arg(folds), "-tr", self._trainer_of(model),
                    "-p", self.plans_identifier, "-device", self.device, "--continue_prediction"]
             cmd += ["-npp", str(self.npp)] if self.npp is not None else []
             cmd += ["-nps", str(self.nps)] if self.nps is not None else []

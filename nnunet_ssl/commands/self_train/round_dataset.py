@@ -105,8 +105,8 @@ class RoundDatasetStep:
                 "note": f"self-training round {k} of {self.source}: its labeled cases plus {len(kept)} pseudo-"
                         f"labelled cases of its imagesUnlabeled/ (labelsTr of those: predictions, not ground truth)",
                 "source_dataset": self.source, "round": k,
-                "pseudo_labels_by": f"{model} {self.trainer}__{self.plans_identifier}__{self.configuration} folds "
-                                    f"{' '.join(_fold_arg(self.folds))}",
+                "pseudo_labels_by": f"{model} {self._trainer_of(model)}__{self.plans_identifier}__"
+                                    f"{self.configuration} folds {' '.join(_fold_arg(self.folds))}",
                 "n_labeled": len(self.labeled), "pseudo_labeled": list(kept), "filter": self.filter,
                 "min_agreement": self.min_agreement, "work_folder": self.work}
             with open(os.path.join(tmp, "dataset.json"), "w") as f:

@@ -20,13 +20,13 @@ class TrainingStep:
     def _train_command(self, dataset_name: str, fold, continue_training: bool) -> list:
         if self.epochs is not None:
             cmd = [sys.executable, "-m", "nnunet_ssl", "train", dataset_name, self.configuration, str(fold),
-                   "-tr", self.trainer, "-p", self.plans_identifier, "--epochs", str(self.epochs),
+                   "-tr", self._trainer_of(dataset_name), "-p", self.plans_identifier, "--epochs", str(self.epochs),
                    "--iters", str(self.iterations), "-device", self.device]
             if self.val_iterations is not None:
                 cmd += ["--val-iters", str(self.val_iterations)]
         else:
-            cmd = ["nnUNetv2_train", dataset_name, self.configuration, str(fold), "-tr", self.trainer, "-p",
-                   self.plans_identifier, "-device", self.device]
+            cmd = ["nnUNetv2_train", dataset_name, self.configuration, str(fold), "-tr", self._trainer_of(dataset_name),
+                   "-p", self.plans_identifier, "-device", self.device]
         return cmd + (["--c"] if continue_training else [])
 
     def _train(self, dataset_name: str, tag: str) -> bool:
@@ -47,8 +47,9 @@ class TrainingStep:
                     continue
                 self._say(tag, f"train {dataset_name} fold {fold}: trained, validation missing: validating (log: "
                                f"{log})")
-                run_logged(["nnUNetv2_train", dataset_name, self.configuration, str(fold), "-tr", self.trainer, "-p",
-                            self.plans_identifier, "-device", self.device, "--val"], log, self.env, SelfTrainError)
+                run_logged(["nnUNetv2_train", dataset_name, self.configuration, str(fold), "-tr",
+                            self._trainer_of(dataset_name), "-p", self.plans_identifier, "-device", self.device,
+                            "--val"], log, self.env, SelfTrainError)
                 continue
             resume = os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
             what = "continuing from checkpoint_latest.pth (--c)" if resume else "training"
