@@ -4,8 +4,9 @@ One row per case, worst first by the reference (first) prediction folder's Dice:
 each prediction folder's segmentation over it, with the case's Dice and predicted / true foreground size (area in
 2D, volume in 3D; below 1: under-segmented) in each title. `--order difference` shows instead where the last
 folder differs most from the first: its largest losses in Dice first, then its largest gains (e.g. an SSL
-trainer against nnUNetTrainer). 2D images are shown whole (RGB as RGB); 3D volumes by the slice with the largest ground-truth area (the first channel, grey values clipped
-to the 1st-99th percentile). Files are read with the dataset's nnU-Net reader.
+trainer against nnUNetTrainer). 2D images are shown whole (RGB as RGB); 3D volumes by the slice with the largest
+ground-truth area (the first channel, grey values clipped to the 1st-99th percentile). Files are read with the
+dataset's nnU-Net reader.
 """
 import argparse
 import json
