@@ -243,7 +243,8 @@ def test_killed_benchmark_resumes_without_retraining_and_leaves_nothing_half_wri
     assert (run / "overlays.png").stat().st_size > 5000 and (run / "report.html").is_file()
     # the paired sheet exists where the two trainers' Dice differ on a case (after one epoch they may not)
     assert (run / "paired_overlays_nnUNetTrainerMeanTeacher.png").exists() == (
-        "nnUNetTrainerMeanTeacher against nnUNetTrainer: its largest losses" in (run / "report.html").read_text())
+        "nnUNetTrainerMeanTeacher against nnUNetTrainer: its largest losses" in (run / "report.html").read_text(
+            encoding="utf-8"))
     paired = json.load(open(out / "paired_statistics.json"))
     assert [(p["trainer"], p["reference"], p["n_cases"], p["draw"]) for p in paired] == \
         [("nnUNetTrainerMeanTeacher", "nnUNetTrainer", 2, 1), ("nnUNetTrainerMeanTeacher", "nnUNetTrainer", 2, "all")]

@@ -361,12 +361,13 @@ def test_round_0_from_a_semi_supervised_trainer(nnunet_env, capsys):
         assert os.path.isfile(os.path.join(results, dataset, f"{trainer}__nnUNetPlans__2d", "fold_all",
                                            "checkpoint_final.pth"))
     assert not os.path.exists(os.path.join(results, "Dataset807_T2D", "nnUNetTrainer__nnUNetPlans__2d"))
-    predict_log = open(os.path.join(work, "logs", "predict_round_1.log")).read()
+    predict_log = open(os.path.join(work, "logs", "predict_round_1.log"), encoding="utf-8").read()
     assert "-tr nnUNetTrainerMeanTeacher" in predict_log.splitlines()[0]
-    summary = json.load(open(os.path.join(work, "summary.json")))
+    summary = json.load(open(os.path.join(work, "summary.json"), encoding="utf-8"))
     assert summary["round0_trainer"] == "nnUNetTrainerMeanTeacher" and summary["trainer"] == "nnUNetTrainer"
     assert [(r["pseudo_labels_by"], r["pseudo_labels_trainer"], r["n_pool"]) for r in summary["rounds"]] == \
         [("Dataset807_T2D", "nnUNetTrainerMeanTeacher", 5)]
     assert "-d 871 -c 2d -tr nnUNetTrainer -p nnUNetPlans -f all" in summary["final_model"]["predict"]
-    note = json.load(open(os.path.join(nnunet_env["nnUNet_raw"], "Dataset871_T2DST1", "dataset.json")))
+    note = json.load(open(os.path.join(nnunet_env["nnUNet_raw"], "Dataset871_T2DST1", "dataset.json"),
+                         encoding="utf-8"))
     assert "nnUNetTrainerMeanTeacher__nnUNetPlans__2d" in note["nnunet_ssl_self_training"]["pseudo_labels_by"]
