@@ -97,7 +97,9 @@ def test_leaderboard_on_fake_results(tmp_path):
     # test set: one perfect, one empty prediction (Dice 0: a failed case)
     _png(str(model / "test_predictions_fold_all" / "t0.png"), ref)
     _png(str(model / "test_predictions_fold_all" / "t1.png"), np.zeros_like(ref))
-    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res)}
+    # an ASCII terminal: the printed table's "±" is escaped, not a UnicodeEncodeError after the work is done
+    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res),
+           "PYTHONIOENCODING": "ascii"}
     out = tmp_path / "board"
     r = nnunet_ssl_cli("leaderboard", "-d", "905", "-c", "2d", "-tr", "TrainerA", "TrainerB", "-o", out, "-np", "1",
                        env=env)
@@ -110,7 +112,8 @@ def test_leaderboard_on_fake_results(tmp_path):
     assert float(test["Dice_mean"]) == pytest.approx(0.5) and test["failed_cases"] == "1"
     assert float(test["HD95_vox_mean"]) == pytest.approx(np.hypot(40, 40) / 2)
     assert rows[("TrainerB", "missing")]["folds_missing"].startswith("all")
-    assert "missing folds 1" in r.stdout and (out / "dice_per_case.png").stat().st_size > 1000
+    assert "\\xb1" in r.stdout and "missing folds 1" in r.stdout
+    assert (out / "dice_per_case.png").stat().st_size > 1000
     report = (out / "report.html").read_text(encoding="utf-8")  # TrainerB has no results: no paired statistics
     assert "<td>TrainerA</td>" in report and "data:image/png;base64," in report and "Paired" not in report
     assert "fold_all" not in cv["folds"]  # fold all has no held-out cases: never cross-validation

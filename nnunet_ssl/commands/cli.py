@@ -64,7 +64,16 @@ PASS_THROUGH = {"train": "nnunet_ssl.commands.train", "bench-step": "nnunet_ssl.
                 "self-train": "nnunet_ssl.commands.self_train"}
 
 
+def _printable_on_any_locale():
+    """Under an ASCII locale (LC_ALL=C, no PYTHONIOENCODING) a table's "±" would end a finished benchmark with
+    UnicodeEncodeError at its last print; unencodable characters are escaped instead (files are UTF-8 anyway)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv=None):
+    _printable_on_any_locale()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in PASS_THROUGH:
         import importlib
