@@ -299,6 +299,25 @@ def test_variant_ablations_and_cost():
     assert nnUNetTrainerMIRAU_MeanTargetDice.mean_target
 
 
+def test_labeled_mix_variant_blends_the_strong_view_only():
+    """_MeanTargetLabeledMix: x_s = lam x_w + (1 - lam) x_l (lam >= 0.5, one per sample) before the strong
+    perturbation; the parent's x_s is x_w's own (here with the perturbations switched off to see the blend)."""
+    from nnunet_ssl.components.perturbations import Photometric
+    from nnunet_ssl.trainers.nnUNetTrainerMIRAU import (nnUNetTrainerMIRAU_MeanTarget,
+                                                        nnUNetTrainerMIRAU_MeanTargetLabeledMix)
+    x_w, x_l = torch.zeros(6, 1, 8, 8), torch.ones(2, 1, 8, 8)
+    views = {}
+    for cls in (nnUNetTrainerMIRAU_MeanTarget, nnUNetTrainerMIRAU_MeanTargetLabeledMix):
+        trainer = object.__new__(cls)  # strong_view needs only the class's settings
+        trainer.strong_photometric, trainer.strong_cutout = Photometric(p=0.0), CutOut(p=0.0)
+        views[cls] = trainer.strong_view(x_w, x_l)
+    assert torch.equal(views[nnUNetTrainerMIRAU_MeanTarget], x_w)
+    share_of_labeled = views[nnUNetTrainerMIRAU_MeanTargetLabeledMix]
+    per_sample = share_of_labeled.flatten(1)
+    assert torch.allclose(per_sample, per_sample[:, :1].expand_as(per_sample))
+    assert (per_sample[:, 0] >= 0).all() and (per_sample[:, 0] <= 0.5).all() and per_sample[:, 0].max() > 0
+
+
 # ---------------------------------------------------------------------- stock CLIs
 def test_cli_resume_inside_the_mim_phase_and_predict(dataset_2d, nnunet_env, tmp_path, monkeypatch):
     """One MIM epoch in process (checkpoint_latest written after it, as nnUNet_ssl_save_every=1 makes nnU-Net do),

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nnunet_ssl.components.perturbations import mix_up
 from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, entropy_threshold_for_probability,
-                                            mix_up, normalized_entropy, regional_cross_entropy, regional_dice_loss,
+                                            normalized_entropy, regional_cross_entropy, regional_dice_loss,
                                             regional_dice_loss_per_class, synergy_regions)
 
 

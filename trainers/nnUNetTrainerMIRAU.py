@@ -9,7 +9,7 @@ on labeled and unlabeled images, through a 1x1 reconstruction head on the last d
 Phase "ssl" (the rest; new optimizer and PolyLR; the teacher is rebuilt from the pretrained student). Per
 iteration, with nnU-Net's labeled batch (x_l, y) and unlabeled batch x_w (the weak view, nnU-Net-augmented):
 
-    x_s        = CutOut(strong photometric(x_w))      the strong view: same geometry, so nothing to invert
+    x_s        = CutOut(strong photometric(x_w))      the strong view (strong_view): same geometry, nothing to invert
     mu, sigma  = mean, std of softmax teacher(x_w) over M dropout passes (one batched forward of M x B)
     w          = exp(-sigma / kappa),  m = [sigma < tau_u],  y~ = w mu (foreground), 1 - w mu (background)
                  (per voxel, sigma = max over classes: nnunet_ssl.components.soft_pseudo_labels)
@@ -33,7 +33,7 @@ from nnunet_ssl.architectures.common import full_resolution
 from nnunet_ssl.architectures.dropout import Dropout, insert_dropout
 from nnunet_ssl.architectures.hybrid import build_hybrid_network
 from nnunet_ssl.components.losses import soft_cross_entropy, soft_dice_loss, squared_distance, weighted_voxel_mean
-from nnunet_ssl.components.perturbations import CutOut, Photometric, cutout, photometric
+from nnunet_ssl.components.perturbations import CutOut, Photometric, cutout, mix_up, photometric
 from nnunet_ssl.components.soft_pseudo_labels import soft_pseudo_labels
 from nnunet_ssl.components.uncertainty import entropy_of_logits
 from nnunet_ssl.core.phases import Phase
@@ -96,7 +96,7 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
         self.backward(sup_loss)
 
         with torch.no_grad():
-            x_s = cutout(photometric(x_w, self.strong_photometric), self.strong_cutout)  # same geometry as x_w
+            x_s = self.strong_view(x_w, x_l)
             with self.autocast():
                 mu, variance = mc_dropout_probabilities(self.teacher, x_w, self.mc_passes, self.output_probabilities,
                                                         self.mc_chunk_size)
@@ -126,6 +126,10 @@ class nnUNetTrainerMIRAU(nnUNetTrainerSSLWithMIM):
                 "pseudo_loss": float(pseudo_loss), "consistency_loss": float(consistency_loss),
                 "entropy_loss": float(entropy_loss), "reconstruction_loss": float("nan"), "beta": beta,
                 "kept_fraction": pseudo.kept_fraction(), "confidence": float(pseudo.confidence.mean())}
+
+    def strong_view(self, x_w: torch.Tensor, x_l: torch.Tensor) -> torch.Tensor:
+        """x_s, in x_w's geometry (so nothing to invert); x_l only for variants that blend it in."""
+        return cutout(photometric(x_w, self.strong_photometric), self.strong_cutout)
 
     def output_probabilities(self, output) -> torch.Tensor:
         return self.probabilities(full_resolution(output))
@@ -188,3 +192,15 @@ class nnUNetTrainerMIRAU_MeanTargetWeakView(nnUNetTrainerMIRAU_MeanTarget):
     doubt" (the CE-optimal answer under lost information, background being the majority). This tests it."""
     strong_photometric = Photometric(p=0.0)
     strong_cutout = CutOut(p=0.0)
+
+
+class nnUNetTrainerMIRAU_MeanTargetLabeledMix(nnUNetTrainerMIRAU_MeanTarget):
+    """A diagnostic, not the paper: the strong view is first blended with a labeled image as SGRS's mix-up (eq.
+    3-4, Beta(0.75, 0.75), lam >= 0.5), the target still the unlabeled image's. On PH2, SGRS without its mix-up
+    (_NoMA) shrank the pool's lesions as every MIRA-U form did, and with it grew them; this asks whether the mix-up
+    does the same for MIRA-U's loop."""
+    mix_alpha = 0.75
+
+    def strong_view(self, x_w, x_l):
+        return super().strong_view(mix_up(x_w, x_l, self.mix_alpha)[0], x_l)
+

@@ -22,8 +22,8 @@ supervision heads are trained by L_sup on real labels, as in nnUNetTrainer.
 """
 import torch
 
-from nnunet_ssl.components.perturbations import gaussian_noise
-from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, mix_up, regional_cross_entropy,
+from nnunet_ssl.components.perturbations import gaussian_noise, mix_up
+from nnunet_ssl.components.regional import (PAPER_MIN_CONFIDENCE, PAPER_TAU, regional_cross_entropy,
                                             regional_dice_loss, regional_dice_loss_per_class, synergy_regions)
 from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
 

@@ -3,6 +3,7 @@ import math
 from dataclasses import dataclass
 from typing import Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -118,3 +119,16 @@ def fill_with_channel_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 def cutout(x: torch.Tensor, setting: CutOut) -> torch.Tensor:
     return fill_with_channel_means(x, cutout_mask(x.shape, setting, x.device))
+
+
+def mix_up(x_u: torch.Tensor, x_l: torch.Tensor, alpha: float,
+           rng: np.random.Generator = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SGRS eq. 3-4: x_m = lam x_u + (1 - lam) x_l, lam = max(b, 1 - b), b ~ Beta(alpha, alpha), one lam per sample.
+
+    lam >= 0.5 keeps x_u dominant, which is why the pseudo label of x_u is used for x_m. Unlabeled sample i is
+    mixed with labeled sample i % B_l. rng=None draws from numpy's global state (seeded by np.random.seed)."""
+    b = (np.random if rng is None else rng).beta(alpha, alpha, size=x_u.shape[0])
+    lam = torch.as_tensor(np.maximum(b, 1.0 - b), dtype=x_u.dtype, device=x_u.device)
+    partner = x_l[torch.arange(x_u.shape[0], device=x_l.device) % x_l.shape[0]]
+    w = lam.view(-1, *([1] * (x_u.dim() - 1)))
+    return w * x_u + (1.0 - w) * partner, lam

@@ -1,10 +1,10 @@
-"""SGRS-Net building blocks (Synergy-Guided Regional Supervision): mix-up, region partition, regional losses.
+"""SGRS-Net building blocks (Synergy-Guided Regional Supervision): region partition, regional losses (its mix-up,
+an input perturbation, is nnunet_ssl.components.perturbations.mix_up).
 
 Equation numbers refer to the paper. Shapes: probabilities (B, C, *spatial), labels and masks (B, *spatial)."""
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -113,16 +113,3 @@ def regional_dice_loss_per_class(probs: torch.Tensor, target: torch.Tensor, regi
     dice = (2.0 * (p * y).sum(axes) + smooth) / (p.sum(axes) + y.sum(axes) + smooth)  # (B, C)
     present = region.flatten(1).any(1).float().unsqueeze(1)  # (B, 1): samples whose region has voxels
     return ((1.0 - dice) * present).mean()
-
-
-def mix_up(x_u: torch.Tensor, x_l: torch.Tensor, alpha: float,
-           rng: np.random.Generator = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 3-4: x_m = lam x_u + (1 - lam) x_l, lam = max(b, 1 - b), b ~ Beta(alpha, alpha), one lam per sample.
-
-    lam >= 0.5 keeps x_u dominant, which is why the pseudo label of x_u is used for x_m. Unlabeled sample i is
-    mixed with labeled sample i % B_l. rng=None draws from numpy's global state (seeded by np.random.seed)."""
-    b = (np.random if rng is None else rng).beta(alpha, alpha, size=x_u.shape[0])
-    lam = torch.as_tensor(np.maximum(b, 1.0 - b), dtype=x_u.dtype, device=x_u.device)
-    partner = x_l[torch.arange(x_u.shape[0], device=x_l.device) % x_l.shape[0]]
-    w = lam.view(-1, *([1] * (x_u.dim() - 1)))
-    return w * x_u + (1.0 - w) * partner, lam
