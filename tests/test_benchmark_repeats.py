@@ -258,15 +258,20 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
         assert bool(progress) == ("train" in cmd)  # a bar for each training, of the benchmark's epochs
         assert progress.get("epochs", 1) == 1
         if cmd[0] == "nnUNetv2_preprocess" or "preprocess-unlabeled" in cmd:
-            assert env["nnUNet_raw"] == str(out / "draw_2" / "nnUNet_raw") and cmd[cmd.index("-d") + 1] in \
+            draw = "all" if "draw_all" in env["nnUNet_raw"] else "2"
+            assert env["nnUNet_raw"] == str(out / f"draw_{draw}" / "nnUNet_raw") and cmd[cmd.index("-d") + 1] in \
                 ("801", "Dataset801_T2D_draw2")  # the draw's own roots: id 801 names only the draw there
-            assert env["nnUNet_preprocessed"] == str(out / "draw_2" / "nnUNet_preprocessed")
+            assert env["nnUNet_preprocessed"] == str(out / f"draw_{draw}" / "nnUNet_preprocessed")
+            assert not (draw == "all" and "preprocess-unlabeled" in cmd)  # every case labeled: no pool
         elif "train" in cmd:
             fold = os.path.join(env["nnUNet_results"], cmd[4], f"{cmd[cmd.index('-tr') + 1]}__nnUNetPlans__2d",
                                 "fold_all")
             os.makedirs(fold, exist_ok=True)
             open(os.path.join(fold, "checkpoint_final.pth"), "wb").close()
-            assert cmd[cmd.index("--pool-labels") + 1] == str(labels)  # every training audits its pool
+            if cmd[4].endswith("_all_labeled"):  # the upper bound has no pool to audit
+                assert "--pool-labels" not in cmd
+            else:
+                assert cmd[cmd.index("--pool-labels") + 1] == str(labels)  # every training audits its pool
             with open(cmd[cmd.index("--stats-json") + 1], "w") as f:
                 json.dump({"train_seconds": 1.0, "s_per_iter": 0.5, "peak_gpu_gb": 0.0,
                            "pool_audit": {"n_cases": 6, "dice_mean": 0.5}}, f)
@@ -274,12 +279,14 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
             truth = os.path.join(os.path.dirname(cmd[cmd.index("-i") + 1]), "labelsTs")
             predicted = cmd[cmd.index("-o") + 1]
             shutil.copytree(truth, predicted)
-            if cmd[cmd.index("-tr") + 1] == "B" and "draw2" in cmd[cmd.index("-d") + 1]:
+            if (cmd[cmd.index("-tr") + 1] == "B" and "draw2" in cmd[cmd.index("-d") + 1]) or \
+                    cmd[cmd.index("-d") + 1].endswith("_all_labeled"):
                 _png(os.path.join(predicted, sorted(os.listdir(predicted))[0]), np.zeros((48, 48)))
         return 0.2, 1.0
 
     monkeypatch.setattr(benchmark, "_run", fake_run)
-    monkeypatch.setattr(inputs, "trainer_class", lambda name: None)  # "B": a stand-in trainer
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    monkeypatch.setattr(inputs, "trainer_class", lambda name: nnUNetTrainer)  # "B": a stand-in trainer
     out = tmp_path / "bench"
     args = dict(dataset="801", configuration="2d", trainers=["nnUNetTrainer", "B"], epochs=1, iterations=2,
                 out=str(out), num_processes=1, draws=2, draw_labels=str(labels), pool_labels=str(labels))
@@ -308,6 +315,7 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     # again: nothing new runs, the leaderboards of the runs are kept; a record of another test set is refused
     summary_file = json.load(open(out / "draw_2" / "run_2" / "records" / "B.json"))["summary_file"]
     summary = json.load(open(summary_file))
+    full_summary = dict(summary)
     summary["per_case"], summary["case_mean_dice"] = summary["per_case"][:1], summary["case_mean_dice"][:1]
     with open(summary_file, "w") as f:
         json.dump(summary, f)
@@ -328,4 +336,39 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     assert repeats["B"]["Dice_mean_per_draw"] == {"1": 1.0, "2": 0.5} and repeats["B"]["n_results"] == 4
     board = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "## Over runs and draws" in board and "| B | test (fold all) | 2 x 2 (4 results) | 0.7500 ± 0.2887" in board
+    assert tree(dataset_2d) == source
+
+    # --upper-bound, added later: only the reference trains again, on every training case labeled, once per run
+    from nnunet_ssl.core.trainer import nnUNetTrainerSSL
+    with pytest.raises(benchmark.BenchmarkError, match="--upper-bound labels every training case"):
+        benchmark.run_benchmark(**{**args, "draw_labels": None, "draws": 1}, upper_bound=True)
+    monkeypatch.setattr(inputs, "trainer_class", lambda name: nnUNetTrainerSSL)
+    with pytest.raises(benchmark.BenchmarkError, match="must be a supervised trainer"):
+        benchmark.run_benchmark(**args, runs=2, upper_bound=True)
+    monkeypatch.setattr(inputs, "trainer_class", lambda name: nnUNetTrainer)
+    summary["per_case"], summary["case_mean_dice"] = full_summary["per_case"], full_summary["case_mean_dice"]
+    with open(summary_file, "w") as f:
+        json.dump(summary, f)
+    before = len(ran)
+    benchmark.run_benchmark(**args, runs=2, upper_bound=True)
+    new = ran[before:]
+    assert [c[0] for c in new if "train" not in c][:1] == ["nnUNetv2_preprocess"]
+    assert not [c for c in new if "preprocess-unlabeled" in c]
+    trained = [(c[4], c[c.index("-tr") + 1]) for c in new if "train" in c]
+    assert trained == [("Dataset801_T2D_all_labeled", "nnUNetTrainer")] * 2  # runs 1 and 2
+    everything = out / "draw_all" / "nnUNet_raw" / "Dataset801_T2D_all_labeled"
+    n_training = len(os.listdir(os.path.join(dataset_2d, "imagesTr"))) + \
+        len(os.listdir(os.path.join(dataset_2d, "imagesUnlabeled")))
+    assert len(os.listdir(everything / "labelsTr")) == n_training and not os.listdir(everything / "imagesUnlabeled")
+    upper = f"nnUNetTrainer (all {n_training} labeled)"
+    paired = [p for p in json.load(open(out / "paired_statistics.json")) if p["trainer"] == upper]
+    # paired with the reference of every draw and run (one of its two test cases emptied: -0.5), and pooled
+    assert [(p["draw"], p["run"]) for p in paired] == [(1, 1), (2, 1), (1, 2), (2, 2), ("all", "all")]
+    assert all(p["mean_difference"] == pytest.approx(-0.5) for p in paired) and paired[-1]["n_cases"] == 8
+    repeats = {s["trainer"]: s for s in json.load(open(out / "repeats.json"))}
+    assert repeats[upper]["n_results"] == 2 and repeats[upper]["Dice_mean_per_draw"] == {"all": 0.5}
+    assert repeats["B"]["n_results"] == 4  # the draws' own results are unchanged
+    assert upper in (out / "draw_1" / "run_2" / "leaderboard.md").read_text(encoding="utf-8")
+    assert "--upper-bound" in (out / "report.html").read_text(encoding="utf-8")
+    assert json.load(open(out / "benchmark.json"))["upper_bound"] is True
     assert tree(dataset_2d) == source

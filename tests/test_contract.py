@@ -127,7 +127,8 @@ def predict_one(model_folder, image_file, checkpoint_name):
 TWO_D_ONLY = {"nnUNetTrainerUAMT_AMT", "nnUNetTrainerUAMT_LiteralWeighting", "nnUNetTrainerMIRAU_MeanTarget",
               "nnUNetTrainerMeanTeacherDropout", "nnUNetTrainerMeanTeacherLongRamp",
               "nnUNetTrainerMIRAU_NoUncertaintyMask", "nnUNetTrainerMIRAU_NoMIM", "nnUNetTrainerMIRAU_NoEntropy",
-              "nnUNetTrainerMIRAU_MeanTargetDice", "nnUNetTrainerMIRAU_MeanTargetWeakView"}
+              "nnUNetTrainerMIRAU_MeanTargetDice", "nnUNetTrainerMIRAU_MeanTargetWeakView",
+              "nnUNetTrainerMIRAU_MeanTargetLabeledMix", "nnUNetTrainerSGRS_WeakMix"}
 
 
 @pytest.mark.parametrize("name,dim", [(name, dim) for name in trainer_names() for dim in (2, 3)

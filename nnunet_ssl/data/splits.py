@@ -59,16 +59,26 @@ def ensure_splits(preprocessed_dataset_folder_base: str, labeled: Sequence[str],
 DRAW_RECORD = "draw.json"
 
 
-def draw_name(dataset_name: str, draw: int) -> str:
-    """The dataset name of draw `draw`: the source's for draw 1, `<source>_draw<k>` for the others."""
+# The "draw" with every training case labeled: the fully supervised upper bound (nnunet_ssl benchmark --upper-bound)
+ALL_LABELED = "all"
+
+
+def draw_name(dataset_name: str, draw) -> str:
+    """The dataset name of draw `draw`: the source's for draw 1, `<source>_draw<k>` for the others,
+    `<source>_all_labeled` for ALL_LABELED."""
+    if draw == ALL_LABELED:
+        return f"{dataset_name}_all_labeled"
     return dataset_name if draw == 1 else f"{dataset_name}_draw{draw}"
 
 
-def draw_labeled_cases(candidates: Sequence[str], n_labeled: int, draw: int) -> list:
+def draw_labeled_cases(candidates: Sequence[str], n_labeled: int, draw) -> list:
     """The labeled cases of draw `draw` (>= 2): `n_labeled` of the sorted `candidates`, drawn with
-    random.Random(draw).sample, sorted. Draw 1 is the dataset as given (not drawn here)."""
+    random.Random(draw).sample, sorted; every candidate for ALL_LABELED. Draw 1 is the dataset as given (not drawn
+    here)."""
     import random
 
+    if draw == ALL_LABELED:
+        return sorted(candidates)
     if draw < 2:
         raise ValueError("draw 1 is the dataset as given")
     return sorted(random.Random(draw).sample(sorted(candidates), n_labeled))
@@ -97,16 +107,18 @@ def _images_by_case(folder: str, ending: str) -> dict:
     return cases
 
 
-def build_draw(source_raw: str, target: str, draw: int, labels_folder: str) -> dict:
-    """Write the raw dataset `target` (atomically: complete or not at all) for labeled draw `draw` (>= 2) of the raw
-    dataset `source_raw`, which is only read. Returns its record (also written as `target`/draw.json).
+def build_draw(source_raw: str, target: str, draw, labels_folder: str) -> dict:
+    """Write the raw dataset `target` (atomically: complete or not at all) for labeled draw `draw` (>= 2, or
+    ALL_LABELED) of the raw dataset `source_raw`, which is only read. Returns its record (also written as
+    `target`/draw.json).
 
     The training cases (imagesTr + imagesUnlabeled of the source) are redistributed: as many as the source has
-    labeled are drawn (draw_labeled_cases) and go to imagesTr/labelsTr, the others to imagesUnlabeled, without
-    their labels. The test set (imagesTs, labelsTs) is the source's, unchanged. The source has no labels of its
-    unlabeled pool: those of newly labeled cases come from `labels_folder` (`<case><file_ending>`, e.g. labelsTr
-    of a fully labeled conversion of the same data); the labels of the source's labeled cases stay the source's
-    and must equal those in `labels_folder` (so it is the same data, at the same size). Files are hard-linked
+    labeled are drawn (draw_labeled_cases; ALL_LABELED: every one) and go to imagesTr/labelsTr, the others to
+    imagesUnlabeled, without their labels. The test set (imagesTs, labelsTs) is the source's, unchanged. The
+    source has no labels of its unlabeled pool: those of newly labeled cases come from `labels_folder`
+    (`<case><file_ending>`, e.g. labelsTr of a fully labeled conversion of the same data); the labels of the
+    source's labeled cases stay the source's and must equal those in `labels_folder` (so it is the same data, at
+    the same size). Files are hard-linked
     (symbolic links across file systems). An existing `target` is kept if it holds exactly this draw."""
     import numpy as np
 
@@ -129,9 +141,11 @@ def build_draw(source_raw: str, target: str, draw: int, labels_folder: str) -> d
                          f"in both)")
     chosen = draw_labeled_cases(images, len(labeled), draw)
     pool = sorted(set(images) - set(chosen))
-    record = {"source": os.path.abspath(source_raw), "draw": draw, "seed": draw,
-              "rule": f"random.Random({draw}).sample(sorted(imagesTr + {UNLABELED_RAW_FOLDER} cases), "
-                      f"{len(labeled)}), sorted", "labeled": chosen, "unlabeled": pool,
+    every_case = draw == ALL_LABELED
+    record = {"source": os.path.abspath(source_raw), "draw": draw, "seed": None if every_case else draw,
+              "rule": f"every case of imagesTr + {UNLABELED_RAW_FOLDER}" if every_case else
+              f"random.Random({draw}).sample(sorted(imagesTr + {UNLABELED_RAW_FOLDER} cases), {len(labeled)}), sorted",
+              "labeled": chosen, "unlabeled": pool,
               "moved_to_unlabeled": sorted(set(labeled) - set(chosen)),
               "newly_labeled": sorted(set(chosen) - set(labeled)),
               "labels_from": os.path.abspath(labels_folder),
@@ -186,7 +200,9 @@ def build_draw(source_raw: str, target: str, draw: int, labels_folder: str) -> d
                 link_file(os.path.join(source_raw, sub, f), os.path.join(tmp, sub, f))
         write_json(os.path.join(tmp, "dataset.json"),
                    {**dataset_json, "numTraining": len(chosen),
-                    "description": f"draw {draw} of {os.path.basename(source_raw)}: {len(chosen)} other labeled "
+                    "description": f"{os.path.basename(source_raw)} with every training case labeled "
+                                   f"(nnunet_ssl benchmark --upper-bound; {DRAW_RECORD})" if every_case else
+                                   f"draw {draw} of {os.path.basename(source_raw)}: {len(chosen)} other labeled "
                                    f"cases (nnunet_ssl benchmark --draws; {DRAW_RECORD})"})
         write_json(os.path.join(tmp, DRAW_RECORD), record)
     return record

@@ -8,6 +8,9 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    `<name>_draw<k>` linked from the source's raw files (never modified) with labels of newly labeled cases from
    --draw-labels, in the benchmark's own draw_<k>/nnUNet_raw, preprocessed with the source's plans into
    draw_<k>/nnUNet_preprocessed (nnunet_ssl.data.splits.build_draw). Draw 1 is the dataset as given;
+   --upper-bound: the same with every training case labeled (`<name>_all_labeled` in draw_all/, no pool), on which
+   the reference trainer (a supervised one) trains in every run: the fully supervised row of the table, paired
+   with the reference of each draw (how much of the gap to full labels a trainer closes);
 2. per run (--runs), draw and trainer: `nnunet_ssl train` (nnUNetv2_train's code with the budget: epochs x
    iterations, fold `all` or a given fold) into that run's own nnUNet_results, stock `nnUNetv2_predict` on
    imagesTs, evaluation with nnunet_ssl.evaluation.metrics, and a record (records/<trainer>.json) with the
@@ -34,6 +37,8 @@ Output folder layout (stable; the project's issues report numbers from it):
   benchmark.json                 dataset, configuration, plans, fold, budget, device, runs, draws, each draw's
                                  labeled cases
   draw_<k>/nnUNet_raw/<name>_draw<k>/  (k >= 2) the draw's raw dataset (links) with draw.json (its cases, seed)
+  draw_all/...                   (--upper-bound) as a draw's: nnUNet_raw/<name>_all_labeled/, nnUNet_preprocessed/,
+                                 run_<r>/records/<reference>.json, logs/, nnUNet_results/
   draw_<k>/nnUNet_preprocessed/  (k >= 2) the draw, preprocessed with the source's plans
   draw_<k>/logs/preprocess.log
   draw_<k>/run_<r>/records/<trainer>.json       one finished trainer (schema: RECORD_KEYS)
@@ -61,7 +66,7 @@ RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterati
                "draw", "run", "labeled_cases", "n_labeled", "n_unlabeled", "n_test", "train_seconds", "s_per_iter",
                "peak_rss_gb", "peak_gpu_gb", "summary_file", "Dice_mean", "Dice_median", "failed_cases")
 # benchmark.json keys that may change between calls
-REPEATS = ("runs", "draws", "draw_labels", "labeled_cases", "pool_labels")
+REPEATS = ("runs", "draws", "draw_labels", "labeled_cases", "pool_labels", "upper_bound")
 
 
 class BenchmarkError(UserError):
@@ -120,9 +125,10 @@ def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: di
 
 def prepare_draw(source: str, draw: int, draw_folder: str, labels: str, configuration: str, plans: str,
                  num_processes: int) -> tuple:
-    """Labeled draw `draw` (>= 2) of the raw dataset `source` in `draw_folder`: its own nnUNet_raw (the raw files
-    linked, nnunet_ssl.data.splits.build_draw) and nnUNet_preprocessed, preprocessed with the source's plans
-    (nnUNetv2_preprocess, then the unlabeled pool). Returns (dataset name, its raw folder, nnU-Net roots, record)."""
+    """Labeled draw `draw` (>= 2, or ALL_LABELED) of the raw dataset `source` in `draw_folder`: its own nnUNet_raw
+    (the raw files linked, nnunet_ssl.data.splits.build_draw) and nnUNet_preprocessed, preprocessed with the
+    source's plans (nnUNetv2_preprocess, then the unlabeled pool if it has one). Returns (dataset name, its raw
+    folder, nnU-Net roots, record)."""
     from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 
     from nnunet_ssl.data.splits import SplitError, build_draw, draw_name
@@ -155,8 +161,9 @@ def prepare_draw(source: str, draw: int, draw_folder: str, labels: str, configur
     os.makedirs(os.path.dirname(log), exist_ok=True)
     _run(["nnUNetv2_preprocess", "-d", str(convert_dataset_name_to_id(name)), "-plans_name", plans, "-c",
           configuration, "-np", str(num_processes)], log, _planning_env(env))
-    _run([sys.executable, "-m", "nnunet_ssl", "preprocess-unlabeled", "-d", name, "-c", configuration, "-p", plans,
-          "-np", str(num_processes)], log, env)
+    if record["unlabeled"]:
+        _run([sys.executable, "-m", "nnunet_ssl", "preprocess-unlabeled", "-d", name, "-c", configuration, "-p",
+              plans, "-np", str(num_processes)], log, env)
     write_json(done_file, {"done": done + [f"{plans} {configuration}"]})
     return name, raw, roots, record
 
@@ -242,12 +249,13 @@ def run_folder(out: str, draw: int, run: int) -> str:
 def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, iterations: int, fold: str = "all",
                   out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
                   nsd_tolerance: float = 1.0, num_processes: int = 2, reference: str = None, runs: int = 1,
-                  draws: int = 1, draw_labels: str = None, pool_labels: str = None) -> str:
+                  draws: int = 1, draw_labels: str = None, pool_labels: str = None, upper_bound: bool = False) -> str:
     """Run (or resume) the benchmark; returns the leaderboard Markdown. `reference`: the trainer the others are
     compared with case by case (default: nnUNetTrainer if listed, else the first). `runs`: independent trainings
     of each trainer per draw; `draws`: labeled draws (1: the dataset as given; more need `draw_labels`, a folder
     with the labels of every training case). `pool_labels`: labels of unlabeled cases, for every training's pool
-    audit (nnunet_ssl.evaluation.pool_audit; the last epoch's summary goes into the record)."""
+    audit (nnunet_ssl.evaluation.pool_audit; the last epoch's summary goes into the record). `upper_bound`: the
+    reference also trains with every training case labeled (labels from `draw_labels`), once per run."""
     from tqdm import tqdm
 
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
@@ -255,7 +263,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     from nnunet_ssl.evaluation.overlay import write_contact_sheet
     from nnunet_ssl.evaluation.statistics import (default_reference, paired_statistics, pooled_statistics,
                                                   repeat_summary)
-    from nnunet_ssl.data.splits import labeled_case_ids
+    from nnunet_ssl.data.splits import ALL_LABELED, labeled_case_ids
     from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder, trainer_class
 
     name = dataset_name(dataset, needs=("nnUNet_raw",))
@@ -264,12 +272,20 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         trainer_class(trainer)
     if reference is not None and reference not in trainers:
         raise BenchmarkError(f"--reference {reference} is not one of the trainers (-tr {' '.join(trainers)})")
+    reference = reference or default_reference(list(trainers))
     if runs < 1 or draws < 1:
         raise BenchmarkError(f"--runs {runs} --draws {draws}: both must be at least 1")
     if draws > 1 and not draw_labels:
         raise BenchmarkError(f"--draws {draws}: draws 2.. label other cases of {raw}, whose unlabeled cases have no "
                              f"labels there: give --draw-labels FOLDER with the labels of every training case (e.g. "
                              f"labelsTr of the same source converted without --labeled; see the README)")
+    if upper_bound and not draw_labels:
+        raise BenchmarkError(f"--upper-bound labels every training case of {raw}, whose unlabeled cases have no "
+                             f"labels there: give --draw-labels FOLDER with the labels of every training case")
+    if upper_bound and _semi_supervised(reference):
+        raise BenchmarkError(f"--upper-bound trains the reference trainer {reference} with every case labeled and no "
+                             f"unlabeled pool: the reference must be a supervised trainer (e.g. --reference "
+                             f"nnUNetTrainer)")
     if pool_labels and not os.path.isdir(pool_labels):
         raise BenchmarkError(f"--pool-labels {pool_labels}: not a folder")
     pool_labels = os.path.abspath(pool_labels) if pool_labels else None
@@ -296,7 +312,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     os.makedirs(out, exist_ok=True)
     write_json(setup_file, {**setup, "runs": runs, "draws": draws,
                             "draw_labels": os.path.abspath(draw_labels) if draw_labels else None,
-                            "pool_labels": pool_labels})
+                            "pool_labels": pool_labels, "upper_bound": upper_bound})
 
     prepare_dataset(name, configuration, plans, os.path.join(out, "draw_1", "logs", "preprocess.log"),
                     child_env(out), num_processes)
@@ -304,16 +320,17 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         dataset_json = json.load(f)
     datasets = {1: (name, raw, None, {"labeled": sorted(labeled_case_ids(raw, dataset_json))})}
     counts = {1: dataset_counts(name)}
-    for draw in range(2, draws + 1):
+    draw_keys = list(range(1, draws + 1)) + ([ALL_LABELED] if upper_bound else [])
+    for draw in draw_keys[1:]:
         datasets[draw] = prepare_draw(name, draw, os.path.join(out, f"draw_{draw}"), draw_labels, configuration,
                                       plans, num_processes)
         counts[draw] = {"n_labeled": len(datasets[draw][3]["labeled"]),
                         "n_unlabeled": len(datasets[draw][3]["unlabeled"])}
-    write_json(setup_file, {**_read_json(setup_file),
-                            "labeled_cases": {str(d): v[3]["labeled"] for d, v in datasets.items()}})
+    write_json(setup_file, {**_read_json(setup_file), "labeled_cases": {
+        str(d): v[3]["labeled"] for d, v in datasets.items() if d != ALL_LABELED}})
 
     records = []
-    jobs = [(run, draw) for run in range(1, runs + 1) for draw in range(1, draws + 1)]  # every draw's run 1 first
+    jobs = [(run, draw) for run in range(1, runs + 1) for draw in draw_keys]  # every draw's run 1 first
     for run, draw in tqdm(jobs, desc="benchmark (run, draw)", disable=len(jobs) == 1):
         draw_dataset, draw_raw, roots, draw_record = datasets[draw]
         sub = run_folder(out, draw, run)
@@ -321,31 +338,46 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
             os.makedirs(os.path.join(sub, folder), exist_ok=True)
         info = {"configuration": configuration, "fold": str(fold), "epochs": epochs, "iterations_per_epoch": iterations,
                 "device": device, "draw": draw, "run": run, "labeled_cases": draw_record["labeled"], **counts[draw],
-                "plans": plans, "val_iterations": val_iterations, "pool_labels": pool_labels}
-        for trainer in trainers:
+                "plans": plans, "val_iterations": val_iterations,
+                "pool_labels": None if draw == ALL_LABELED else pool_labels}
+        for trainer in [reference] if draw == ALL_LABELED else trainers:
             records.append(run_trainer(trainer, draw_dataset, draw_raw, sub, child_env(sub, roots), info,
                                        dataset_json, nsd_tolerance, num_processes))
 
-    reference = reference or default_reference(list(trainers))
     budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
     command = benchmark_command(name, configuration, trainers, epochs, iterations, fold, out, val_iterations,
                                 device, plans, nsd_tolerance, num_processes, reference, runs, draws, draw_labels,
-                                pool_labels)
+                                pool_labels, upper_bound)
+
+    def row_of(record):
+        return make_row(_read_json(record["summary_file"]), **{k: record[k] for k in RECORD_KEYS if k not in
+                        ("summary_file", "Dice_mean", "Dice_median", "failed_cases", "labeled_cases")},
+                        evaluation=f"test (fold {fold})", folds=str(fold), folds_missing="", s_per_epoch=None,
+                        model_folder=os.path.join(run_folder(out, record["draw"], record["run"]), "nnUNet_results",
+                                                  record["dataset"], f"{record['trainer']}__{plans}__{configuration}"))
+
+    # the upper bound of each run, named apart from the reference it is trained as
+    upper = {r["run"]: {**row_of(r), "trainer": f"{reference} (all {r['n_labeled']} labeled)"}
+             for r in records if r["draw"] == ALL_LABELED}
+
+    def upper_beside(draw, run):
+        """The upper bound of `run` as a row of `draw`: the statistics pair it with that draw's reference."""
+        return [{**upper[run], "dataset": datasets[draw][0], "draw": draw}] if run in upper else []
+
     rows, overlays = [], {}
     for run, draw in jobs:  # the leaderboard of each draw and run in its folder
+        if draw == ALL_LABELED:
+            continue
         draw_dataset, draw_raw = datasets[draw][:2]
         sub = run_folder(out, draw, run)
-        mine = [make_row(_read_json(r["summary_file"]), **{k: r[k] for k in RECORD_KEYS if k not in
-                         ("summary_file", "Dice_mean", "Dice_median", "failed_cases", "labeled_cases")},
-                         evaluation=f"test (fold {fold})", folds=str(fold), folds_missing="", s_per_epoch=None,
-                         model_folder=os.path.join(sub, "nnUNet_results", draw_dataset,
-                                                   f"{r['trainer']}__{plans}__{configuration}"))
-                for r in records if (r["draw"], r["run"]) == (draw, run)]
+        mine = [row_of(r) for r in records if (r["draw"], r["run"]) == (draw, run)]
         rows += mine
         overlays[(draw, run)] = os.path.join(sub, "overlays.png")
         # written again only when its records or trainers changed (an added run leaves the others as they are)
         stamp = {"trainers": list(trainers), "reference": reference, "paired_sheets": True, "records": [
-            os.stat(os.path.join(sub, "records", f"{t}.json")).st_mtime_ns for t in trainers]}
+            os.stat(os.path.join(sub, "records", f"{t}.json")).st_mtime_ns for t in trainers],
+            "upper_bound": os.stat(os.path.join(run_folder(out, ALL_LABELED, run), "records", f"{reference}.json"))
+            .st_mtime_ns if run in upper else None}
         stamp_file = os.path.join(sub, "leaderboard_of.json")
         if _read_json(stamp_file) == stamp and os.path.isfile(os.path.join(sub, "report.html")):
             continue
@@ -361,19 +393,22 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
             if write_contact_sheet(test_images, test_labels, [predictions[reference], predictions[trainer]],
                                    [reference, trainer], dataset_json, paired_sheet, order="difference"):
                 figures[f"{trainer} against {reference}: its largest losses, then its largest gains"] = paired_sheet
-        write_leaderboard(mine, sub, f"Benchmark: {draw_dataset} {configuration}, {budget}, draw {draw}, run {run}",
-                          paired_statistics(mine, reference), figures,
+        board = mine + upper_beside(draw, run)
+        write_leaderboard(board, sub, f"Benchmark: {draw_dataset} {configuration}, {budget}, draw {draw}, run {run}",
+                          paired_statistics(board, reference), figures,
                           commands=[command] + logged_commands(sub, trainers))
         write_json(stamp_file, stamp)
-    test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows}
+    test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows + list(upper.values())}
     if len(test_sets) > 1:  # one test set for every trainer, draw and run: anything else is a broken benchmark
         raise BenchmarkError(f"{out}: the records were evaluated on different test sets: " + "; ".join(
             f"{t} (draw {d}, run {r}): {len(cases)} cases, e.g. {list(cases[:2])}"
             for cases, (t, d, r) in test_sets.items()))
-    statistics = paired_statistics(rows, reference) + pooled_statistics(rows, reference)
+    paired_rows = rows + [u for run, draw in jobs if draw != ALL_LABELED for u in upper_beside(draw, run)]
+    statistics = paired_statistics(paired_rows, reference) + pooled_statistics(paired_rows, reference)
+    rows += list(upper.values())
     repeats = repeat_summary(rows)
     env = child_env(out)
-    logged = [c for draw in range(1, draws + 1) for c in logged_commands(os.path.join(out, f"draw_{draw}"), ())] + \
+    logged = [c for draw in draw_keys for c in logged_commands(os.path.join(out, f"draw_{draw}"), ())] + \
         [c for run, draw in jobs for c in logged_commands(run_folder(out, draw, run), trainers)]
     files = write_leaderboard(
         rows, out, f"Benchmark: {name} {configuration}, {budget}, {draws} draw(s) x {runs} run(s)", statistics,
@@ -382,10 +417,10 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
          **{f"Draw 1, run 1: {t} against {reference}, its largest losses, then its largest gains": sheet
             for t in trainers if os.path.isfile(sheet := os.path.join(run_folder(out, 1, 1),
                                                                       f"paired_overlays_{t}.png"))}},
-        training_curves={f"{r['trainer']}, draw 1, run 1": os.path.join(r["model_folder"], f"fold_{fold}")
-                         for r in rows if (r["draw"], r["run"]) == (1, 1)},
-        commands=[command, f"# which ran, with nnUNet_results=<draw_k/run_r>/nnUNet_results (draws 2..: "
-                           f"nnUNet_raw and nnUNet_preprocessed in draw_k/) and "
+        training_curves={f"{r['trainer']}, draw {r['draw']}, run 1": os.path.join(r["model_folder"], f"fold_{fold}")
+                         for r in rows if r["run"] == 1 and r["draw"] in (1, ALL_LABELED)},
+        commands=[command, f"# which ran, with nnUNet_results=<draw_k/run_r>/nnUNet_results (draws 2.. and "
+                           f"all: nnUNet_raw and nnUNet_preprocessed in draw_k/) and "
                            f"nnUNet_extTrainer={env['nnUNet_extTrainer']}:"] + logged,
         repeats=repeats)
     files["overlays"] = overlays[(1, 1)]
@@ -398,14 +433,14 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
 
 def benchmark_command(dataset, configuration, trainers, epochs, iterations, fold, out, val_iterations, device,
                       plans, nsd_tolerance, num_processes, reference, runs=1, draws=1, draw_labels=None,
-                      pool_labels=None) -> list:
+                      pool_labels=None, upper_bound=False) -> list:
     """The `nnunet_ssl benchmark` command line that runs (or resumes) exactly this benchmark."""
     cmd = ["nnunet_ssl", "benchmark", "-d", dataset, "-c", configuration, "-tr", *trainers, "--epochs", epochs,
            "--iters", iterations] + (["--val-iters", val_iterations] if val_iterations else []) + \
         ["-f", fold, "-p", plans, "-o", out, "-device", device, "--nsd-tolerance", nsd_tolerance,
          "-np", num_processes, "--reference", reference, "--runs", runs, "--draws", draws] + \
         (["--draw-labels", os.path.abspath(draw_labels)] if draw_labels else []) + \
-        (["--pool-labels", pool_labels] if pool_labels else [])
+        (["--pool-labels", pool_labels] if pool_labels else []) + (["--upper-bound"] if upper_bound else [])
     return [str(c) for c in cmd]
 
 
@@ -419,6 +454,12 @@ def logged_commands(folder: str, trainers) -> list:
             with open(path, encoding="utf-8", errors="replace") as f:
                 commands += [line[2:].rstrip("\n") for line in f if line.startswith("$ ")]
     return commands
+
+
+def _semi_supervised(trainer: str) -> bool:
+    from nnunet_ssl.core.trainer import nnUNetTrainerSSL
+    from nnunet_ssl.utilities.inputs import trainer_class
+    return issubclass(trainer_class(trainer), nnUNetTrainerSSL)
 
 
 def parser():
@@ -457,10 +498,14 @@ def parser():
                    help="with --draws > 1: the labels (<case><file_ending>) of every training case, e.g. labelsTr "
                         "of the same source converted without --labeled; only those of each draw's labeled cases "
                         "are used")
+    p.add_argument("--upper-bound", action="store_true",
+                   help="also train the reference trainer (a supervised one) with every training case labeled (labels "
+                        "from --draw-labels), once per run: the fully supervised row, paired with each draw's "
+                        "reference (in draw_all/)")
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
     run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np,
-                  a.reference, a.runs, a.draws, a.draw_labels, a.pool_labels)
+                  a.reference, a.runs, a.draws, a.draw_labels, a.pool_labels, a.upper_bound)
