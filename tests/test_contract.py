@@ -129,10 +129,13 @@ TWO_D_ONLY = {"nnUNetTrainerUAMT_AMT", "nnUNetTrainerUAMT_LiteralWeighting", "nn
               "nnUNetTrainerMIRAU_NoUncertaintyMask", "nnUNetTrainerMIRAU_NoMIM", "nnUNetTrainerMIRAU_NoEntropy",
               "nnUNetTrainerMIRAU_MeanTargetDice", "nnUNetTrainerMIRAU_MeanTargetWeakView",
               "nnUNetTrainerMIRAU_MeanTargetLabeledMix", "nnUNetTrainerSGRS_WeakMix"}
+# a longer round 0 of self-training, nothing else: the suite's 2 epochs cannot hold its two rounds at these shares
+# (tests/test_self_training.py checks their split of a real budget; the parent's contract covers their code)
+NOT_IN_CONTRACT = {"nnUNetTrainerSelfTraining_Round0Share75", "nnUNetTrainerSelfTraining_Round0Share90"}
 
 
 @pytest.mark.parametrize("name,dim", [(name, dim) for name in trainer_names() for dim in (2, 3)
-                                      if dim == 2 or name not in TWO_D_ONLY])
+                                      if (dim == 2 or name not in TWO_D_ONLY) and name not in NOT_IN_CONTRACT])
 def test_trainer_contract(name, dim, request, nnunet_env):
     from nnunet_ssl.core.checkpoints import choices_in, set_inference_weights
 

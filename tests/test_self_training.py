@@ -297,3 +297,16 @@ def test_reliable_round_1_keeps_the_pool_cases_stable_over_round_0(dataset_2d, n
     assert f"kept the {len(stable)} of {len(pool)} most stable over round 0" in open(trainer.log_file).read()
     # 3 labeled vs 3 pseudo-labeled cases: labeled_share 0.5 lists each labeled case once
     assert sorted(trainer.dataloader_train.data_loader._data.identifiers) == _identifiers(round_1)
+
+
+def test_a_longer_round_0_splits_the_budget_as_its_share_says():
+    """Issue 21's round-0 shares on the README's PH2 budget (15 epochs): 8 + 7, 11 + 4, 14 + 1 epochs."""
+    from nnunet_ssl.core.phases import phase_starts
+    from nnunet_ssl.trainers.nnUNetTrainerSelfTraining import (nnUNetTrainerSelfTraining,
+                                                               nnUNetTrainerSelfTraining_Round0Share75,
+                                                               nnUNetTrainerSelfTraining_Round0Share90)
+    for cls, round_1_start in ((nnUNetTrainerSelfTraining, 8), (nnUNetTrainerSelfTraining_Round0Share75, 11),
+                               (nnUNetTrainerSelfTraining_Round0Share90, 14)):
+        phases = object.__new__(cls).phases()  # phases() reads only class settings
+        assert phase_starts([p.share for p in phases], 15) == [0, round_1_start]
+        assert phases[1].fresh_weights  # round 1 still starts from scratch

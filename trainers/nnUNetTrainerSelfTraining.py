@@ -301,6 +301,17 @@ class nnUNetTrainerSelfTrainingBalanced(nnUNetTrainerSelfTraining):
     labeled_share = 0.5
 
 
+class nnUNetTrainerSelfTraining_Round0Share75(nnUNetTrainerSelfTraining):
+    """Round 0 gets 75 % of the epochs (default 50 %): the paper pseudo-labels with a converged model; under one
+    budget a longer round 0 leaves a shorter round 1, which starts from scratch (issue 21 measures 0.5/0.75/0.9)."""
+    first_stage_fraction = 0.75
+
+
+class nnUNetTrainerSelfTraining_Round0Share90(nnUNetTrainerSelfTraining):
+    """Round 0 gets 90 % of the epochs (see nnUNetTrainerSelfTraining_Round0Share75)."""
+    first_stage_fraction = 0.9
+
+
 class nnUNetTrainerSelfTrainingReliable(nnUNetTrainerSelfTrainingBalanced):
     """ST++-style self-training in one round: the labeled cases (half of the samples) and the most stable half
     of the pool, ranked by how much round-0 snapshots at 1/3 and 2/3 agree with the final round-0 model."""
