@@ -37,8 +37,6 @@ Output folder layout (stable; the project's issues report numbers from it):
   benchmark.json                 dataset, configuration, plans, fold, budget, device, runs, draws, each draw's
                                  labeled cases
   draw_<k>/nnUNet_raw/<name>_draw<k>/  (k >= 2) the draw's raw dataset (links) with draw.json (its cases, seed)
-  draw_all/...                   (--upper-bound) as a draw's: nnUNet_raw/<name>_all_labeled/, nnUNet_preprocessed/,
-                                 run_<r>/records/<reference>.json, logs/, nnUNet_results/
   draw_<k>/nnUNet_preprocessed/  (k >= 2) the draw, preprocessed with the source's plans
   draw_<k>/logs/preprocess.log
   draw_<k>/run_<r>/records/<trainer>.json       one finished trainer (schema: RECORD_KEYS)
@@ -50,6 +48,8 @@ Output folder layout (stable; the project's issues report numbers from it):
                                  overlays.png, paired_overlays_<trainer>.png, report.html      this draw and
                                  run (leaderboard_of.json: of which
                                  records; rewritten only when they change)
+  draw_all/...                   (--upper-bound) as a draw's: nnUNet_raw/<name>_all_labeled/, nnUNet_preprocessed/,
+                                 run_<r>/records/<reference>.json, logs/, nnUNet_results/
   leaderboard.md, leaderboard.csv, repeats.json, paired_statistics.{csv,json}, dice_per_case.png, report.html
                                  all draws and runs (overlays and training curves: those of draw 1, run 1)
 """
