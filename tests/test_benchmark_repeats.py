@@ -349,8 +349,10 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     summary["per_case"], summary["case_mean_dice"] = full_summary["per_case"], full_summary["case_mean_dice"]
     with open(summary_file, "w") as f:
         json.dump(summary, f)
-    before = len(ran)
+    before, sheet = len(ran), out / "draw_1" / "run_2" / "overlays.png"
+    columns_before = Image.open(sheet).size[0]
     benchmark.run_benchmark(**args, runs=2, upper_bound=True)
+    assert Image.open(sheet).size[0] > columns_before  # the draws' overlays show the upper bound's predictions too
     new = ran[before:]
     assert [c[0] for c in new if "train" not in c][:1] == ["nnUNetv2_preprocess"]
     assert not [c for c in new if "preprocess-unlabeled" in c]

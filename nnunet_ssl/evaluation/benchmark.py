@@ -372,6 +372,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         sub = run_folder(out, draw, run)
         mine = [row_of(r) for r in records if (r["draw"], r["run"]) == (draw, run)]
         rows += mine
+        beside = upper_beside(draw, run)
         overlays[(draw, run)] = os.path.join(sub, "overlays.png")
         # written again only when its records or trainers changed (an added run leaves the others as they are)
         stamp = {"trainers": list(trainers), "reference": reference, "paired_sheets": True, "records": [
@@ -384,8 +385,11 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         shown = [reference] + [t for t in trainers if t != reference]  # worst cases of the reference first
         predictions = {t: os.path.join(sub, "nnUNet_results", draw_dataset, f"{t}__{plans}__{configuration}",
                                        TEST_PREFIX + str(fold)) for t in shown}
+        # the upper bound last: on the reference's worst cases, what every label would have given
+        columns = shown + [u["trainer"] for u in beside]
+        predictions.update({u["trainer"]: os.path.join(u["model_folder"], TEST_PREFIX + str(fold)) for u in beside})
         test_images, test_labels = os.path.join(draw_raw, "imagesTs"), os.path.join(draw_raw, "labelsTs")
-        write_contact_sheet(test_images, test_labels, [predictions[t] for t in shown], shown, dataset_json,
+        write_contact_sheet(test_images, test_labels, [predictions[t] for t in columns], columns, dataset_json,
                             overlays[(draw, run)])
         figures = {f"Overlays: test cases, worst of {reference} first": overlays[(draw, run)]}
         for trainer in shown[1:]:  # where each trainer differs most from the reference: what its gain is made of
@@ -393,7 +397,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
             if write_contact_sheet(test_images, test_labels, [predictions[reference], predictions[trainer]],
                                    [reference, trainer], dataset_json, paired_sheet, order="difference"):
                 figures[f"{trainer} against {reference}: its largest losses, then its largest gains"] = paired_sheet
-        board = mine + upper_beside(draw, run)
+        board = mine + beside
         write_leaderboard(board, sub, f"Benchmark: {draw_dataset} {configuration}, {budget}, draw {draw}, run {run}",
                           paired_statistics(board, reference), figures,
                           commands=[command] + logged_commands(sub, trainers))
