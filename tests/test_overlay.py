@@ -77,3 +77,11 @@ def test_difference_sheet_shows_the_largest_losses_then_the_largest_gains(datase
     same = tmp_path / "same.png"
     main(common + ["-p", str(folders["A"]), str(folders["A"]), "-o", str(same)])
     assert "not written: every case has the same Dice" in capsys.readouterr().out and not same.exists()
+
+
+def test_long_trainer_names_are_broken_after_an_underscore_or_a_space():
+    from nnunet_ssl.evaluation.overlay import column_title
+    assert column_title("nnUNetTrainer") == "nnUNetTrainer"
+    assert column_title("nnUNetTrainerSelfTraining_Round0Share75") == "nnUNetTrainerSelfTraining_\nRound0Share75"
+    assert column_title("nnUNetTrainer (all 105 labeled)") == "nnUNetTrainer (all 105\nlabeled)"
+    assert column_title("x" * 40) == "x" * 40  # nowhere to break: one line

@@ -82,6 +82,19 @@ def save_figure(fig, out_file: str) -> None:
     os.replace(temp, out_file)
 
 
+def column_title(name: str, width: int = 30) -> str:
+    """A trainer's name in lines of at most `width` characters where it can be broken (after an underscore or a
+    space; a 2.4-inch column at 8 pt): long names would otherwise run into the next column's title."""
+    import re
+
+    lines = [""]
+    for piece in re.findall(r"[^_ ]+[_ ]?|[_ ]", name):  # each piece ends with its underscore or space
+        if lines[-1] and len(lines[-1] + piece.rstrip()) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def write_contact_sheet(images_folder: str, reference_folder: str, prediction_folders: Sequence[str],
                         names: Sequence[str], dataset_json: dict, out_file: str, max_cases: int = 12,
                         order: str = "worst") -> List[str]:
@@ -132,7 +145,7 @@ def write_contact_sheet(images_folder: str, reference_folder: str, prediction_fo
         if not shown:  # nothing to show: no sheet
             return []
 
-    columns = ["image", "ground truth"] + list(names)
+    columns = ["image", "ground truth"] + [column_title(n) for n in names]
     fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.4 * len(columns), 2.5 * len(shown)), squeeze=False)
     for row, case in enumerate(shown):
         image, _ = reader.read_images(channel_files(case))
