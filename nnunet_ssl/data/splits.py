@@ -118,8 +118,8 @@ def build_draw(source_raw: str, target: str, draw, labels_folder: str) -> dict:
     source has no labels of its unlabeled pool: those of newly labeled cases come from `labels_folder`
     (`<case><file_ending>`, e.g. labelsTr of a fully labeled conversion of the same data); the labels of the
     source's labeled cases stay the source's and must equal those in `labels_folder` (so it is the same data, at
-    the same size). Files are hard-linked
-    (symbolic links across file systems). An existing `target` is kept if it holds exactly this draw."""
+    the same size). Files are hard-linked (symbolic links across file systems). An existing `target` is kept if it
+    holds exactly this draw."""
     import numpy as np
 
     from nnunet_ssl.data.pool import UNLABELED_RAW_FOLDER
