@@ -609,3 +609,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self.load_checkpoint_extras(checkpoint)
+
+
+def is_semi_supervised(trainer_name: str) -> bool:
+    """Whether the trainer nnU-Net's lookup finds under this name is one of this core's (so it needs an unlabeled
+    pool, which datasets without one, e.g. self-training's round datasets or the benchmark's upper bound, lack)."""
+    from nnunet_ssl.utilities import inputs
+    return issubclass(inputs.trainer_class(trainer_name), nnUNetTrainerSSL)

@@ -264,6 +264,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     from nnunet_ssl.evaluation.statistics import (default_reference, paired_statistics, pooled_statistics,
                                                   repeat_summary)
     from nnunet_ssl.data.splits import ALL_LABELED, labeled_case_ids
+    from nnunet_ssl.core.trainer import is_semi_supervised
     from nnunet_ssl.utilities.inputs import dataset_name, nnunet_folder, trainer_class
 
     name = dataset_name(dataset, needs=("nnUNet_raw",))
@@ -282,7 +283,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     if upper_bound and not draw_labels:
         raise BenchmarkError(f"--upper-bound labels every training case of {raw}, whose unlabeled cases have no "
                              f"labels there: give --draw-labels FOLDER with the labels of every training case")
-    if upper_bound and _semi_supervised(reference):
+    if upper_bound and is_semi_supervised(reference):
         raise BenchmarkError(f"--upper-bound trains the reference trainer {reference} with every case labeled and no "
                              f"unlabeled pool: the reference must be a supervised trainer (e.g. --reference "
                              f"nnUNetTrainer)")
@@ -458,12 +459,6 @@ def logged_commands(folder: str, trainers) -> list:
             with open(path, encoding="utf-8", errors="replace") as f:
                 commands += [line[2:].rstrip("\n") for line in f if line.startswith("$ ")]
     return commands
-
-
-def _semi_supervised(trainer: str) -> bool:
-    from nnunet_ssl.core.trainer import nnUNetTrainerSSL
-    from nnunet_ssl.utilities.inputs import trainer_class
-    return issubclass(trainer_class(trainer), nnUNetTrainerSSL)
 
 
 def parser():

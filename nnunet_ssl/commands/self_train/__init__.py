@@ -193,14 +193,13 @@ class SelfTraining(TrainingStep, PoolPredictionStep, FilterStep, RoundDatasetSte
             return
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from nnunet_ssl.core.trainer import nnUNetTrainerSSL
+        from nnunet_ssl.core.trainer import is_semi_supervised
         from nnunet_ssl.data.pool import check_pool, preprocessed_pool_folder
-        from nnunet_ssl.utilities.inputs import trainer_class
 
-        if issubclass(trainer_class(self.trainer), nnUNetTrainerSSL):
+        if is_semi_supervised(self.trainer):
             raise SelfTrainError(f"-tr {self.trainer} is a semi-supervised trainer: the round datasets have no "
                                  f"unlabeled pool, so -tr must be a supervised one (e.g. nnUNetTrainer)")
-        if issubclass(trainer_class(self.round0_trainer), nnUNetTrainerSSL):
+        if is_semi_supervised(self.round0_trainer):
             cm = PlansManager(self.plans).get_configuration(self.configuration)
             check_pool(preprocessed_pool_folder(self.source_pre, cm.data_identifier), self.plans, self.configuration,
                        self.source, self.plans_identifier)
