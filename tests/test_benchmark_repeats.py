@@ -374,3 +374,21 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     assert "--upper-bound" in (out / "report.html").read_text(encoding="utf-8")
     assert json.load(open(out / "benchmark.json"))["upper_bound"] is True
     assert tree(dataset_2d) == source
+
+    # --report-only: the tables of what exists (here: a trainer and a run that never trained), nothing run
+    before, board = len(ran), out / "leaderboard.md"
+    os.remove(board)
+    capsys.readouterr()
+    benchmark.run_benchmark(**{**args, "trainers": ["nnUNetTrainer", "B", "C"]}, runs=3, upper_bound=True,
+                            report_only=True)
+    said = capsys.readouterr().out
+    assert len(ran) == before and board.is_file()  # nothing prepared, trained or predicted; the tables written
+    assert "C (draw 1, run 1)" in said and "B (draw 2, run 3)" in said and "nnUNetTrainer (draw all, run 3)" in said
+    repeats = {s["trainer"]: s for s in json.load(open(out / "repeats.json"))}
+    assert "C" not in repeats and repeats["B"]["n_results"] == 4 and repeats[upper]["n_results"] == 2
+    assert not (out / "draw_1" / "run_3").exists() and json.load(open(out / "benchmark.json"))["runs"] == 2
+    with pytest.raises(benchmark.BenchmarkError, match="has no record of C"):
+        benchmark.run_benchmark(**{**args, "trainers": ["C"]}, runs=2, report_only=True)
+    with pytest.raises(benchmark.BenchmarkError, match="holds no benchmark"):
+        benchmark.run_benchmark(**{**args, "out": str(tmp_path / "elsewhere")}, report_only=True)
+    assert tree(dataset_2d) == source

@@ -28,7 +28,9 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
 interrupted training continues from its latest checkpoint (--c; written after every epoch). The budget is fixed
 per output folder; runs and draws can be added later (a larger --runs or --draws with the same folder trains only
-what is new). Killed at any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and
+what is new). --report-only prepares, trains and predicts nothing: the tables of the records the folder has
+for the trainers, draws and runs asked for, the missing ones named (a long benchmark read while it runs, or a
+matrix that is still partial). Killed at any point, it leaves nothing half-written: JSON files are written to `<file>.tmp` and
 renamed; a draw's raw dataset is built in a hidden folder and renamed; predictions go to a hidden
 `.test_predictions_fold_<f>.partial` folder (removed by the next run, never read by the leaderboard), are renamed
 into place, and count as done only once their summary_ssl.json is written.
@@ -123,6 +125,16 @@ def prepare_dataset(name: str, configuration: str, plans: str, log: str, env: di
     preprocess_unlabeled(name, [configuration], plans, num_processes)
 
 
+def draw_location(source: str, draw, draw_folder: str) -> tuple:
+    """(dataset name, raw folder, nnU-Net roots) of labeled draw `draw` of `source` in `draw_folder`."""
+    from nnunet_ssl.data.splits import draw_name
+
+    name = draw_name(source, draw)
+    roots = {"nnUNet_raw": os.path.join(draw_folder, "nnUNet_raw"),
+             "nnUNet_preprocessed": os.path.join(draw_folder, "nnUNet_preprocessed")}
+    return name, os.path.join(roots["nnUNet_raw"], name), roots
+
+
 def prepare_draw(source: str, draw: int, draw_folder: str, labels: str, configuration: str, plans: str,
                  num_processes: int) -> tuple:
     """Labeled draw `draw` (>= 2, or ALL_LABELED) of the raw dataset `source` in `draw_folder`: its own nnUNet_raw
@@ -131,13 +143,10 @@ def prepare_draw(source: str, draw: int, draw_folder: str, labels: str, configur
     folder, nnU-Net roots, record)."""
     from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 
-    from nnunet_ssl.data.splits import SplitError, build_draw, draw_name
+    from nnunet_ssl.data.splits import SplitError, build_draw
     from nnunet_ssl.utilities.inputs import nnunet_folder
 
-    name = draw_name(source, draw)
-    roots = {"nnUNet_raw": os.path.join(draw_folder, "nnUNet_raw"),
-             "nnUNet_preprocessed": os.path.join(draw_folder, "nnUNet_preprocessed")}
-    raw = os.path.join(roots["nnUNet_raw"], name)
+    name, raw, roots = draw_location(source, draw, draw_folder)
     try:
         record = build_draw(os.path.join(nnunet_folder("nnUNet_raw"), source), raw, draw, labels)
     except SplitError as e:
@@ -178,7 +187,7 @@ def run_trainer(trainer: str, name: str, raw: str, sub: str, env: dict, info: di
 
     configuration, fold, plans, device = info["configuration"], info["fold"], info["plans"], info["device"]
     where = f"{trainer} (draw {info['draw']}, run {info['run']})"
-    record_file = os.path.join(sub, "records", f"{trainer}.json")
+    record_file = record_path(sub, trainer)
     if os.path.isfile(record_file):
         _say(f"{where}: done (record {record_file}); delete the record to run it again")
         with open(record_file) as f:
@@ -241,6 +250,20 @@ def run_trainer(trainer: str, name: str, raw: str, sub: str, env: dict, info: di
     return record
 
 
+def existing_draw(source: str, draw, draw_folder: str, configuration: str, plans: str):
+    """prepare_draw's result for a draw prepared before (its raw dataset and preprocessing complete), else None;
+    builds and runs nothing."""
+    name, raw, roots = draw_location(source, draw, draw_folder)
+    record = _read_json(os.path.join(raw, "draw.json"))
+    done = _read_json(os.path.join(draw_folder, "preprocessed.json")).get("done", [])
+    return (name, raw, roots, record) if record and f"{plans} {configuration}" in done else None
+
+
+def record_path(sub: str, trainer: str) -> str:
+    """The record of `trainer` in the folder `sub` of one draw and run."""
+    return os.path.join(sub, "records", f"{trainer}.json")
+
+
 def run_folder(out: str, draw: int, run: int) -> str:
     """The folder of one draw and run of the benchmark in `out`."""
     return os.path.join(out, f"draw_{draw}", f"run_{run}")
@@ -249,13 +272,16 @@ def run_folder(out: str, draw: int, run: int) -> str:
 def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, iterations: int, fold: str = "all",
                   out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
                   nsd_tolerance: float = 1.0, num_processes: int = 2, reference: str = None, runs: int = 1,
-                  draws: int = 1, draw_labels: str = None, pool_labels: str = None, upper_bound: bool = False) -> str:
+                  draws: int = 1, draw_labels: str = None, pool_labels: str = None, upper_bound: bool = False,
+                  report_only: bool = False) -> str:
     """Run (or resume) the benchmark; returns the leaderboard Markdown. `reference`: the trainer the others are
     compared with case by case (default: nnUNetTrainer if listed, else the first). `runs`: independent trainings
     of each trainer per draw; `draws`: labeled draws (1: the dataset as given; more need `draw_labels`, a folder
     with the labels of every training case). `pool_labels`: labels of unlabeled cases, for every training's pool
     audit (nnunet_ssl.evaluation.pool_audit; the last epoch's summary goes into the record). `upper_bound`: the
-    reference also trains with every training case labeled (labels from `draw_labels`), once per run."""
+    reference also trains with every training case labeled (labels from `draw_labels`), once per run.
+    `report_only`: prepare, train and predict nothing; the tables of the records the folder has (of these trainers,
+    draws and runs), the missing ones named (a long benchmark's state while it runs, or a partial matrix)."""
     from tqdm import tqdm
 
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
@@ -299,6 +325,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
              "iterations_per_epoch": iterations, "val_iterations": val_iterations, "device": device,
              "nsd_tolerance_mm": nsd_tolerance}
     setup_file = os.path.join(out, "benchmark.json")
+    if report_only and not os.path.isfile(setup_file):
+        raise BenchmarkError(f"--report-only: {out} holds no benchmark ({setup_file} does not exist)")
     if os.path.isfile(setup_file):
         with open(setup_file) as f:
             previous = {k: v for k, v in json.load(f).items() if k not in REPEATS}
@@ -310,38 +338,51 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         raise BenchmarkError(f"{os.path.join(out, 'records')}: this folder holds a benchmark of an older layout "
                              f"(one run, records/ at the top; now draw_<k>/run_<r>/records/); it is left as it is: "
                              f"use another output folder (-o)")
-    os.makedirs(out, exist_ok=True)
-    write_json(setup_file, {**setup, "runs": runs, "draws": draws,
-                            "draw_labels": os.path.abspath(draw_labels) if draw_labels else None,
-                            "pool_labels": pool_labels, "upper_bound": upper_bound})
-
-    prepare_dataset(name, configuration, plans, os.path.join(out, "draw_1", "logs", "preprocess.log"),
-                    child_env(out), num_processes)
+    if not report_only:  # the folder's setup is that of the last call that trained
+        os.makedirs(out, exist_ok=True)
+        write_json(setup_file, {**setup, "runs": runs, "draws": draws,
+                                "draw_labels": os.path.abspath(draw_labels) if draw_labels else None,
+                                "pool_labels": pool_labels, "upper_bound": upper_bound})
+        prepare_dataset(name, configuration, plans, os.path.join(out, "draw_1", "logs", "preprocess.log"),
+                        child_env(out), num_processes)
     with open(os.path.join(raw, "dataset.json")) as f:
         dataset_json = json.load(f)
     datasets = {1: (name, raw, None, {"labeled": sorted(labeled_case_ids(raw, dataset_json))})}
     counts = {1: dataset_counts(name)}
     draw_keys = list(range(1, draws + 1)) + ([ALL_LABELED] if upper_bound else [])
     for draw in draw_keys[1:]:
-        datasets[draw] = prepare_draw(name, draw, os.path.join(out, f"draw_{draw}"), draw_labels, configuration,
-                                      plans, num_processes)
+        if report_only:
+            datasets[draw] = existing_draw(name, draw, os.path.join(out, f"draw_{draw}"), configuration, plans)
+            if datasets[draw] is None:
+                del datasets[draw]
+                continue
+        else:
+            datasets[draw] = prepare_draw(name, draw, os.path.join(out, f"draw_{draw}"), draw_labels,
+                                          configuration, plans, num_processes)
         counts[draw] = {"n_labeled": len(datasets[draw][3]["labeled"]),
                         "n_unlabeled": len(datasets[draw][3]["unlabeled"])}
-    write_json(setup_file, {**_read_json(setup_file), "labeled_cases": {
-        str(d): v[3]["labeled"] for d, v in datasets.items() if d != ALL_LABELED}})
+    if not report_only:
+        write_json(setup_file, {**_read_json(setup_file), "labeled_cases": {
+            str(d): v[3]["labeled"] for d, v in datasets.items() if d != ALL_LABELED}})
 
-    records = []
+    records, missing = [], []
     jobs = [(run, draw) for run in range(1, runs + 1) for draw in draw_keys]  # every draw's run 1 first
-    for run, draw in tqdm(jobs, desc="benchmark (run, draw)", disable=len(jobs) == 1):
-        draw_dataset, draw_raw, roots, draw_record = datasets[draw]
+    for run, draw in tqdm(jobs, desc="benchmark (run, draw)", disable=len(jobs) == 1 or report_only):
         sub = run_folder(out, draw, run)
+        wanted = [reference] if draw == ALL_LABELED else trainers
+        if report_only:
+            done = [t for t in wanted if draw in datasets and os.path.isfile(record_path(sub, t))]
+            missing += [f"{t} (draw {draw}, run {run})" for t in wanted if t not in done]
+            records += [_read_json(record_path(sub, t)) for t in done]
+            continue
+        draw_dataset, draw_raw, roots, draw_record = datasets[draw]
         for folder in ("records", "logs", "nnUNet_results"):
             os.makedirs(os.path.join(sub, folder), exist_ok=True)
         info = {"configuration": configuration, "fold": str(fold), "epochs": epochs, "iterations_per_epoch": iterations,
                 "device": device, "draw": draw, "run": run, "labeled_cases": draw_record["labeled"], **counts[draw],
                 "plans": plans, "val_iterations": val_iterations,
                 "pool_labels": None if draw == ALL_LABELED else pool_labels}
-        for trainer in [reference] if draw == ALL_LABELED else trainers:
+        for trainer in wanted:
             records.append(run_trainer(trainer, draw_dataset, draw_raw, sub, child_env(sub, roots), info,
                                        dataset_json, nsd_tolerance, num_processes))
 
@@ -357,6 +398,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                         model_folder=os.path.join(run_folder(out, record["draw"], record["run"]), "nnUNet_results",
                                                   record["dataset"], f"{record['trainer']}__{plans}__{configuration}"))
 
+    if report_only and not records:
+        raise BenchmarkError(f"--report-only: {out} has no record of {', '.join(trainers)} yet")
     # the upper bound of each run, named apart from the reference it is trained as
     upper = {r["run"]: {**row_of(r), "trainer": f"{reference} (all {r['n_labeled']} labeled)"}
              for r in records if r["draw"] == ALL_LABELED}
@@ -367,23 +410,26 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
 
     rows, overlays = [], {}
     for run, draw in jobs:  # the leaderboard of each draw and run in its folder
-        if draw == ALL_LABELED:
+        if draw == ALL_LABELED or draw not in datasets:
             continue
         draw_dataset, draw_raw = datasets[draw][:2]
         sub = run_folder(out, draw, run)
         mine = [row_of(r) for r in records if (r["draw"], r["run"]) == (draw, run)]
         rows += mine
+        present = [t for t in trainers if any(r["trainer"] == t for r in mine)]  # all of them unless --report-only
+        if reference not in present:  # nothing to pair with nor to order the overlays by
+            continue
         beside = upper_beside(draw, run)
         overlays[(draw, run)] = os.path.join(sub, "overlays.png")
         # written again only when its records or trainers changed (an added run leaves the others as they are)
-        stamp = {"trainers": list(trainers), "reference": reference, "paired_sheets": True, "records": [
-            os.stat(os.path.join(sub, "records", f"{t}.json")).st_mtime_ns for t in trainers],
-            "upper_bound": os.stat(os.path.join(run_folder(out, ALL_LABELED, run), "records", f"{reference}.json"))
-            .st_mtime_ns if run in upper else None}
+        stamp = {"trainers": present, "reference": reference, "paired_sheets": True, "records": [
+            os.stat(record_path(sub, t)).st_mtime_ns for t in present],
+            "upper_bound": os.stat(record_path(run_folder(out, ALL_LABELED, run), reference)).st_mtime_ns
+            if run in upper else None}
         stamp_file = os.path.join(sub, "leaderboard_of.json")
         if _read_json(stamp_file) == stamp and os.path.isfile(os.path.join(sub, "report.html")):
             continue
-        shown = [reference] + [t for t in trainers if t != reference]  # worst cases of the reference first
+        shown = [reference] + [t for t in present if t != reference]  # worst cases of the reference first
         predictions = {t: os.path.join(sub, "nnUNet_results", draw_dataset, f"{t}__{plans}__{configuration}",
                                        TEST_PREFIX + str(fold)) for t in shown}
         # the upper bound last: on the reference's worst cases, what every label would have given
@@ -401,14 +447,15 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         board = mine + beside
         write_leaderboard(board, sub, f"Benchmark: {draw_dataset} {configuration}, {budget}, draw {draw}, run {run}",
                           paired_statistics(board, reference), figures,
-                          commands=[command] + logged_commands(sub, trainers))
+                          commands=[command] + logged_commands(sub, present))
         write_json(stamp_file, stamp)
     test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows + list(upper.values())}
     if len(test_sets) > 1:  # one test set for every trainer, draw and run: anything else is a broken benchmark
         raise BenchmarkError(f"{out}: the records were evaluated on different test sets: " + "; ".join(
             f"{t} (draw {d}, run {r}): {len(cases)} cases, e.g. {list(cases[:2])}"
             for cases, (t, d, r) in test_sets.items()))
-    paired_rows = rows + [u for run, draw in jobs if draw != ALL_LABELED for u in upper_beside(draw, run)]
+    paired_rows = rows + [u for run, draw in jobs if draw != ALL_LABELED and draw in datasets
+                          for u in upper_beside(draw, run)]
     statistics = paired_statistics(paired_rows, reference) + pooled_statistics(paired_rows, reference)
     rows += list(upper.values())
     repeats = repeat_summary(rows)
@@ -417,8 +464,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         [c for run, draw in jobs for c in logged_commands(run_folder(out, draw, run), trainers)]
     files = write_leaderboard(
         rows, out, f"Benchmark: {name} {configuration}, {budget}, {draws} draw(s) x {runs} run(s)", statistics,
-        {f"Overlays of draw 1, run 1: test cases, worst of {reference} first (each draw_<k>/run_<r>/ has its "
-         f"own)": overlays[(1, 1)],
+        {**({f"Overlays of draw 1, run 1: test cases, worst of {reference} first (each draw_<k>/run_<r>/ has its "
+             f"own)": overlays[(1, 1)]} if (1, 1) in overlays else {}),
          **{f"Draw 1, run 1: {t} against {reference}, its largest losses, then its largest gains": sheet
             for t in trainers if os.path.isfile(sheet := os.path.join(run_folder(out, 1, 1),
                                                                       f"paired_overlays_{t}.png"))}},
@@ -428,10 +475,13 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                            f"all: nnUNet_raw and nnUNet_preprocessed in draw_k/) and "
                            f"nnUNet_extTrainer={env['nnUNet_extTrainer']}:"] + logged,
         repeats=repeats)
-    files["overlays"] = overlays[(1, 1)]
+    if (1, 1) in overlays:
+        files["overlays"] = overlays[(1, 1)]
     table = markdown_table(rows)
     print(f"\n{repeats_markdown(repeats)}\n\n{table}" +
           (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
+    if missing:
+        print(f"\nnot in the tables (--report-only; no record yet): {', '.join(missing)}")
     print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
     return table
 
@@ -501,10 +551,14 @@ def parser():
                    help="also train the reference trainer (a supervised one) with every training case labeled (labels "
                         "from --draw-labels), once per run: the fully supervised row, paired with each draw's "
                         "reference (in draw_all/)")
+    p.add_argument("--report-only", action="store_true",
+                   help="prepare, train and predict nothing: write the tables of the records the folder already has "
+                        "(of -tr, the draws and runs), and name the missing ones (to read a long benchmark while it "
+                        "runs, or a partial matrix)")
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
     run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np,
-                  a.reference, a.runs, a.draws, a.draw_labels, a.pool_labels, a.upper_bound)
+                  a.reference, a.runs, a.draws, a.draw_labels, a.pool_labels, a.upper_bound, a.report_only)
