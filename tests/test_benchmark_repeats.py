@@ -228,6 +228,7 @@ def test_leaderboard_of_an_unfinished_trainer_writes_everything_and_marks_it_not
     assert "c2.png" in board and "Over runs and draws" in board
     assert json.load(open(files["paired_json"]))[0]["paired"] is False
     assert "not paired: SGRS" in open(files["report"], encoding="utf-8").read()
+    assert "paired_differences" not in files  # nothing paired, nothing to plot
 
 
 # ---------------------------------------------------------------------- benchmark: runs x draws (faked commands)
@@ -311,6 +312,8 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     stamps = {p: os.stat(out / p / "report.html").st_mtime_ns for p in ("draw_1/run_1", "draw_1/run_2")}
     report = (out / "report.html").read_text(encoding="utf-8")
     assert "Over runs and draws" in report and "--runs 2 --draws 2 --draw-labels" in report
+    # the forest plot of the paired differences (each draw and run, and pooled), in the report too
+    assert (out / "paired_differences.png").stat().st_size > 1000 and "Paired differences to the reference" in report
     assert "--pool-labels" in report
     # again: nothing new runs, the leaderboards of the runs are kept; a record of another test set is refused
     summary_file = json.load(open(out / "draw_2" / "run_2" / "records" / "B.json"))["summary_file"]

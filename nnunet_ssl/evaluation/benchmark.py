@@ -52,7 +52,8 @@ Output folder layout (stable; the project's issues report numbers from it):
                                  records; rewritten only when they change)
   draw_all/...                   (--upper-bound) as a draw's: nnUNet_raw/<name>_all_labeled/, nnUNet_preprocessed/,
                                  run_<r>/records/<reference>.json, logs/, nnUNet_results/
-  leaderboard.md, leaderboard.csv, repeats.json, paired_statistics.{csv,json}, dice_per_case.png, report.html
+  leaderboard.md, leaderboard.csv, repeats.json, paired_statistics.{csv,json}, dice_per_case.png,
+  paired_differences.png, report.html
                                  all draws and runs (overlays and training curves: those of draw 1, run 1)
 """
 import json

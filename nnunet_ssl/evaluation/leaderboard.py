@@ -246,7 +246,8 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
                       figures: Dict[str, str] = None, training_curves: Dict[str, str] = None,
                       commands: Sequence = (), repeats: List[dict] = None) -> Dict[str, str]:
     """Into `out_folder`: leaderboard.md (with the paired statistics), leaderboard.csv, paired_statistics.csv and
-    .json, dice_per_case.png, (several label budgets) dice_vs_labeled.png, and report.html with all of them,
+    .json, dice_per_case.png, paired_differences.png (where something is paired), (several label budgets)
+    dice_vs_labeled.png, and report.html with all of them,
     `figures` (heading -> PNG, e.g. overlays), `training_curves` (label -> fold folder; None: those of the rows'
     models and folds) and `commands`.
     `statistics`: nnunet_ssl.evaluation.statistics.paired_statistics(rows) (None: computed here).
@@ -278,6 +279,10 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
                 len({(r["trainer"], r["evaluation"]) for r in scored}):
             files["dice_vs_labeled"] = plots["Mean Dice against labeled cases"] = \
                 _plot_vs_labeled(scored, os.path.join(out_folder, "dice_vs_labeled.png"))
+    paired = [s for s in statistics if s.get("paired", True)]
+    if paired:
+        files["paired_differences"] = plots["Paired differences to the reference, 95% intervals"] = \
+            _plot_paired(paired, os.path.join(out_folder, "paired_differences.png"))
     curves = training_curve_folders(rows) if training_curves is None else training_curves
     files["report"] = write_report(os.path.join(out_folder, "report.html"), title, rows, statistics,
                                    {**plots, **(figures or {})}, curves, commands, repeats=repeats or ())
@@ -297,7 +302,10 @@ def _plot_per_case(rows, path):
     import matplotlib.pyplot as plt
     def two_lines(trainer):  # long names of neighbouring boxes would overlap on one line
         return trainer.replace("Trainer", "Trainer\n", 1) if len(trainer) > 20 else trainer
-    labels = [f"{two_lines(r['trainer'])}\n{r['evaluation']}\n{r['dataset']} L={r['n_labeled']}" for r in rows]
+    def repeat(row):  # the run of a benchmark with repeats: otherwise two runs' boxes carry the same label
+        return f" run {row['run']}" if row.get("run") is not None else ""
+    labels = [f"{two_lines(r['trainer'])}\n{r['evaluation']}\n{r['dataset']} L={r['n_labeled']}{repeat(r)}"
+              for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 5))
     ax.boxplot([r["case_dice"] for r in rows], showfliers=False)
     rng = np.random.default_rng(0)
@@ -306,6 +314,37 @@ def _plot_per_case(rows, path):
     ax.axhline(FAILED_DICE, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xticks(range(1, len(rows) + 1), labels, fontsize=7)
     ax.set_ylabel("Dice per case (mean over foreground labels)")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    return path
+
+
+def _plot_paired(statistics, path):
+    """Forest plot of the paired statistics: each entry's mean difference to its reference in Dice points with its
+    bootstrap interval, one row per trainer (and draw and run), the pooled entries in bold: a gain whose interval
+    crosses 0 is not told apart from noise."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nnunet_ssl.evaluation.statistics import CONFIDENCE, POOLED
+
+    def label(s):
+        if s.get("draw") is None:  # a leaderboard of several datasets or evaluations
+            return f"{s['trainer']}, {s['dataset']} {s['evaluation']}"
+        return f"{s['trainer']} " + ("(pooled)" if s["draw"] == POOLED else f"(draw {s['draw']}, run {s['run']})")
+
+    entries = sorted(statistics, key=lambda s: (s["trainer"], s.get("draw") == POOLED))
+    colours = {t: f"C{i % 10}" for i, t in enumerate(dict.fromkeys(s["trainer"] for s in entries))}
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(entries)))
+    for y, s in enumerate(reversed(entries)):
+        mean, low, high = (100 * s[k] for k in ("mean_difference", "ci_low", "ci_high"))
+        pooled = s.get("draw") == POOLED
+        ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="D" if pooled else "o", capsize=3,
+                    color=colours[s["trainer"]], markersize=7 if pooled else 5, linewidth=2 if pooled else 1)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(entries)), [label(s) for s in reversed(entries)], fontsize=7)
+    references = ", ".join(dict.fromkeys(s["reference"] for s in entries))
+    ax.set_xlabel(f"mean Dice difference to {references} (points), {int(CONFIDENCE * 100)}% bootstrap interval")
     fig.tight_layout()
     _save_figure(fig, path)
     return path
