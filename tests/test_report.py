@@ -99,8 +99,9 @@ def test_report_is_one_self_contained_page_with_the_results(report):
     images = [v for tag, key, v in checker.resources if tag == "img"]
     hrefs = [v for tag, key, v in checker.resources if key == "href"]
     assert all(h.startswith("#") for h in hrefs) and len(hrefs) >= 5
-    # Dice per case, overlays, progress.png and progress_ssl.png: all embedded PNGs
-    assert len(images) == 4 and all(v.startswith("data:image/png;base64,") for v in images)
+    # Dice per case, the paired differences' forest plot, overlays, progress.png and progress_ssl.png: all
+    # embedded PNGs
+    assert len(images) == 5 and all(v.startswith("data:image/png;base64,") for v in images)
     pictures = [Image.open(io.BytesIO(base64.b64decode(v.split(",", 1)[1]))) for v in images]
     assert max(p.width for p in pictures) <= 1600  # nnU-Net's 3000 px progress.png is scaled down
     assert (255, 0, 255) in [p.convert("RGB").getpixel((10, 10)) for p in pictures]  # the overlay sheet
