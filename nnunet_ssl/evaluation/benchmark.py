@@ -136,6 +136,12 @@ def draw_location(source: str, draw, draw_folder: str) -> tuple:
     return name, os.path.join(roots["nnUNet_raw"], name), roots
 
 
+def _preprocessed(draw_folder: str) -> tuple:
+    """The draw's record of its finished preprocessing and the "<plans> <configuration>" it lists."""
+    done_file = os.path.join(draw_folder, "preprocessed.json")
+    return done_file, _read_json(done_file).get("done", [])
+
+
 def prepare_draw(source: str, draw: int, draw_folder: str, labels: str, configuration: str, plans: str,
                  num_processes: int) -> tuple:
     """Labeled draw `draw` (>= 2, or ALL_LABELED) of the raw dataset `source` in `draw_folder`: its own nnUNet_raw
@@ -152,8 +158,7 @@ def prepare_draw(source: str, draw: int, draw_folder: str, labels: str, configur
         record = build_draw(os.path.join(nnunet_folder("nnUNet_raw"), source), raw, draw, labels)
     except SplitError as e:
         raise BenchmarkError(f"draw {draw}: {e}") from None
-    done_file = os.path.join(draw_folder, "preprocessed.json")
-    done = _read_json(done_file).get("done", [])
+    done_file, done = _preprocessed(draw_folder)
     if f"{plans} {configuration}" in done:
         return name, raw, roots, record
     source_pre = os.path.join(nnunet_folder("nnUNet_preprocessed"), source)
@@ -256,7 +261,7 @@ def existing_draw(source: str, draw, draw_folder: str, configuration: str, plans
     builds and runs nothing."""
     name, raw, roots = draw_location(source, draw, draw_folder)
     record = _read_json(os.path.join(raw, "draw.json"))
-    done = _read_json(os.path.join(draw_folder, "preprocessed.json")).get("done", [])
+    done = _preprocessed(draw_folder)[1]
     return (name, raw, roots, record) if record and f"{plans} {configuration}" in done else None
 
 
