@@ -110,6 +110,10 @@ def test_leaderboard_on_fake_results(tmp_path):
     assert (cv["n_labeled"], cv["n_unlabeled"], cv["n_cases"], cv["failed_cases"]) == ("4", "3", "2", "0")
     test = rows[("TrainerA", "test (fold all)")]
     assert float(test["Dice_mean"]) == pytest.approx(0.5) and test["failed_cases"] == "1"
+    # predicted / true volume: t0 1, t1 0 (nothing predicted: under-segmented); the shifted square keeps its size
+    assert float(test["volume_ratio_median"]) == pytest.approx(0.5)
+    assert (test["under_segmented"], test["over_segmented"]) == ("1", "0")
+    assert float(cv["volume_ratio_median"]) == pytest.approx(1.0) and cv["under_segmented"] == "0"
     assert float(test["HD95_vox_mean"]) == pytest.approx(np.hypot(40, 40) / 2)
     assert rows[("TrainerB", "missing")]["folds_missing"].startswith("all")
     assert "\\xb1" in r.stdout and "missing folds 1" in r.stdout

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from nnunet_ssl.evaluation.statistics import (StatisticsError, bootstrap_interval, paired_difference,
-                                              paired_statistics)
+                                              paired_statistics, pooled_statistics, statistics_cells)
 
 
 def _cases(values):
@@ -77,3 +77,30 @@ def test_paired_statistics_reference_choice_and_groups():
         ["nnUNetTrainer", "B"]
     with pytest.raises(StatisticsError, match="reference trainer 'Z'"):
         paired_statistics(rows, reference="Z")
+
+
+def test_better_and_worse_cases_split_by_whether_the_trainer_segments_larger_or_smaller():
+    reference = _cases([0.90, 0.90, 0.60, 0.70, 0.85, 0.80])
+    trainer = _cases([0.80, 0.70, 0.80, 0.90, 0.85, 0.70])  # worse, worse, better, better, same, worse
+    volume = _cases([1.4, 0.5, 1.0, 0.9, 2.0, float("nan")])  # predicted / true volume
+    volume_reference = _cases([1.1, 0.8, 0.7, 1.0, 1.0, 1.0])
+    s = paired_difference(trainer, reference, n_resamples=100, volumes=(volume, volume_reference))
+    assert (s["better"], s["worse"]) == (2, 3)
+    assert (s["better_larger"], s["better_smaller"]) == (1, 1)
+    assert (s["worse_larger"], s["worse_smaller"]) == (1, 1)  # the NaN volume (no reference lesion) is neither
+    assert "worse_larger" not in paired_difference(trainer, reference, n_resamples=100)  # no volumes: no split
+
+    def row(name, dice, ratios, draw):
+        return {**_row(name, dice), "draw": draw, "run": 1, "case_volume_ratio": ratios}
+    rows = [row("nnUNetTrainer", [0.9, 0.6], [1.0, 1.0], 1), row("B", [0.8, 0.7], [1.5, 1.2], 1),
+            row("nnUNetTrainer", [0.9, 0.6], [1.0, 1.0], 2), row("B", [0.7, 0.7], [0.6, 1.2], 2)]
+    [pooled] = pooled_statistics(rows, n_resamples=100)
+    assert (pooled["worse"], pooled["worse_larger"], pooled["worse_smaller"]) == (2, 1, 1)
+    assert (pooled["better"], pooled["better_larger"], pooled["better_smaller"]) == (2, 2, 0)
+    header, cells = statistics_cells([pooled])
+    assert cells[0][header.index("worse: larger / smaller")] == "1 / 1"
+    del rows[3]["case_volume_ratio"]  # one result without volumes (an old summary): no split for the pool
+    [pooled] = pooled_statistics(rows, n_resamples=100)
+    assert "worse_larger" not in pooled and statistics_cells([pooled])[1][0][header.index("worse: larger / smaller")] == "-"
+    per = paired_statistics(rows, n_resamples=100)
+    assert per[0]["worse_larger"] == 1 and "worse_larger" not in per[1]

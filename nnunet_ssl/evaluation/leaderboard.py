@@ -22,7 +22,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from nnunet_ssl.evaluation.metrics import FAILED_DICE, HIGHER_IS_BETTER, METRICS, evaluate_folder, summarize
+from nnunet_ssl.evaluation.metrics import (FAILED_DICE, HIGHER_IS_BETTER, METRICS, OVER, UNDER, case_volume_ratio,
+                                           evaluate_folder, summarize)
 from nnunet_ssl.utilities.atomic import write_json, write_text
 
 TEST_PREFIX = "test_predictions_fold_"
@@ -30,7 +31,8 @@ TEST_FOLDER = re.compile(re.escape(TEST_PREFIX) + r"(\d+|all)")
 CSV_COLUMNS = (["dataset", "n_labeled", "n_unlabeled", "trainer", "evaluation", "draw", "run", "folds", "folds_missing",
                 "n_cases"]
                + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-               + ["Dice_fold_std", "Dice_median", "failed_cases", "epochs", "iterations_per_epoch", "s_per_epoch",
+               + ["Dice_fold_std", "Dice_median", "failed_cases", "volume_ratio_median", "under_segmented",
+                  "over_segmented", "epochs", "iterations_per_epoch", "s_per_epoch",
                   "s_per_iter", "peak_rss_gb", "peak_gpu_gb"])
 
 
@@ -98,11 +100,17 @@ def training_time(model_folder: str, folds: Sequence[str]) -> dict:
 
 def make_row(summary: dict, **info) -> dict:
     """A leaderboard row of a summary (metrics.evaluate_folder's); `case_ids` (the reference file names) and
-    `case_dice` (each case's mean foreground Dice, in the same order) pair the cases of two trainers."""
+    `case_dice` (each case's mean foreground Dice, in the same order) pair the cases of two trainers;
+    `case_volume_ratio` (predicted / true volume) says whether a case is under- or over-segmented."""
     fg = summary["foreground"]
+    ratios = np.array([case_volume_ratio(c) for c in summary["per_case"]])
+    known = ratios[np.isfinite(ratios)]
     row = {**info, "n_cases": summary["n_cases"], "Dice_median": fg["Dice"]["median"],
            "failed_cases": summary["failed_cases"], "case_dice": summary["case_mean_dice"],
-           "case_ids": [os.path.basename(c["reference_file"]) for c in summary["per_case"]]}
+           "case_ids": [os.path.basename(c["reference_file"]) for c in summary["per_case"]],
+           "case_volume_ratio": ratios.tolist(),
+           "volume_ratio_median": float(np.median(known)) if known.size else None,
+           "under_segmented": int((known < UNDER).sum()), "over_segmented": int((known > OVER).sum())}
     for m in METRICS:
         row[f"{m}_mean"], row[f"{m}_std"] = fg[m]["mean"], fg[m]["std"]
     return row
@@ -188,7 +196,8 @@ def table_cells(rows: List[dict]):
     repeats = any(r.get("draw") is not None for r in rows)
     header = ["dataset (labeled/unlabeled)", "trainer", "evaluation"] + (["draw", "run"] if repeats else []) + [
         "cases", "Dice", "Jaccard", "HD95 mm", "ASSD mm", "NSD", "HD95 vox", "ASSD vox", "median Dice",
-        f"Dice < {FAILED_DICE}", "s/iter", "s/epoch", "peak RAM GB"]
+        f"Dice < {FAILED_DICE}", "volume / true (median)", f"under < {UNDER} / over > {OVER}", "s/iter", "s/epoch",
+        "peak RAM GB"]
     table = []
     for r in rows:
         first = [f"{r['dataset']} ({r['n_labeled']}/{r['n_unlabeled']})", r["trainer"],
@@ -202,7 +211,9 @@ def table_cells(rows: List[dict]):
             for m in METRICS:
                 digits = 4 if HIGHER_IS_BETTER[m] else 2
                 cells.append(f"{r[m + '_mean']:.{digits}f} ± {r[m + '_std']:.{digits}f}")
-            cells += [_fmt(r["Dice_median"]), str(r["failed_cases"]), _fmt(r.get("s_per_iter"), 3),
+            cells += [_fmt(r["Dice_median"]), str(r["failed_cases"]), _fmt(r.get("volume_ratio_median"), 2),
+                      f"{r['under_segmented']} / {r['over_segmented']}" if "under_segmented" in r else "-",
+                      _fmt(r.get("s_per_iter"), 3),
                       _fmt(r.get("s_per_epoch"), 1), _fmt(r.get("peak_rss_gb"), 2)]
         table.append(cells)
     return header, table
@@ -213,7 +224,9 @@ def markdown_table(rows: List[dict]) -> str:
 
 
 LEADERBOARD_NOTE = (f"Mean ± std over cases. Dice < {FAILED_DICE}: cases whose mean foreground Dice is below "
-                    f"{FAILED_DICE}. HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at the stated "
+                    f"{FAILED_DICE}. Volume / true: each case's predicted over true volume (the mean over the labels "
+                    f"in its reference), its median over cases, and the cases below {UNDER} (under-segmented) and "
+                    f"above {OVER} (over-segmented). HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at the stated "
                     "tolerance. s/iter: training iterations only (data loading included, validation excluded).")
 
 

@@ -29,6 +29,7 @@ METRICS = ("Dice", "Jaccard", "HD95_mm", "ASSD_mm", "NSD", "HD95_vox", "ASSD_vox
 HIGHER_IS_BETTER = {"Dice": True, "Jaccard": True, "NSD": True, "HD95_mm": False, "ASSD_mm": False,
                     "HD95_vox": False, "ASSD_vox": False}
 FAILED_DICE = 0.8  # a case whose mean foreground Dice is below this counts as failed in summaries
+UNDER, OVER = 0.8, 1.25  # predicted / true volume below UNDER: under-segmented; above OVER: over-segmented
 
 
 def _squeeze_singleton_axes(mask: np.ndarray, spacing: Sequence[float]) -> Tuple[np.ndarray, List[float]]:
@@ -98,6 +99,14 @@ def case_metrics(reference_file: str, prediction_file: str, reader_writer_class,
                for r in regions_or_labels}
     return {"reference_file": reference_file, "prediction_file": prediction_file, "spacing": list(map(float, spacing)),
             "metrics": metrics}
+
+
+def case_volume_ratio(case: dict) -> float:
+    """Predicted / true volume of one evaluated case (case_metrics' entry): the mean over the labels present in the
+    reference (below 1: under-segmented, as the pool audit's pseudo_labels.volume_ratio); NaN when none is (or
+    the summary predates the voxel counts)."""
+    ratios = [m["n_pred"] / m["n_ref"] for m in case.get("metrics", {}).values() if m.get("n_ref", 0) > 0]
+    return float(np.mean(ratios)) if ratios else float("nan")
 
 
 def summarize(per_case: List[dict]) -> dict:

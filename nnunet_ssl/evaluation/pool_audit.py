@@ -24,13 +24,12 @@ from tqdm import tqdm
 from nnunet_ssl.components.pseudo_labels import agreement, volume_ratio
 from nnunet_ssl.core.progress import plot_ssl_progress
 from nnunet_ssl.data.pool import find_unlabeled_cases
-from nnunet_ssl.evaluation.metrics import FAILED_DICE
+from nnunet_ssl.evaluation.metrics import FAILED_DICE, OVER, UNDER
 from nnunet_ssl.utilities.atomic import write_json
 from nnunet_ssl.utilities.inputs import UserError
 
 AUDIT_FILE = "pool_audit.json"
 AUDIT_PLOT = "pool_audit.png"
-UNDER, OVER = 0.8, 1.25  # predicted / true volume below UNDER: under-segmented; above OVER: over-segmented
 PLOTTED = ("dice_mean", "dice_median", "volume_ratio_median")
 
 

@@ -9,6 +9,9 @@ case's Dice being its mean over the foreground labels:
 - wilcoxon_p: two-sided Wilcoxon signed-rank test of d_i (scipy.stats.wilcoxon, zero differences dropped); 1.0
   when every d_i is 0 (nothing differs);
 - better, worse: cases with d_i > CHANGE_DICE, d_i < -CHANGE_DICE (5 Dice points);
+- better_larger, better_smaller, worse_larger, worse_smaller (where the rows carry each case's predicted / true
+  volume): of the better and of the worse cases, those the trainer segments larger / smaller than the reference
+  does: whether a trainer loses by over- or by under-segmenting;
 - failed, failed_reference: cases with Dice < FAILED_DICE of the trainer and of the reference; rescued: cases
   the reference failed and the trainer did not; newly_failed: the other way round.
 Cases are paired by case id (the file name); two trainers with different case sets are not compared (an error,
@@ -38,7 +41,7 @@ DIFFERENCE_COLUMN = "mean difference (points)"
 INTERVAL_COLUMN = f"{int(CONFIDENCE * 100)}% bootstrap CI"
 STAT_KEYS = ("dataset", "evaluation", "draw", "run", "trainer", "reference", "paired", "n_cases", "n_units",
              "Dice_mean", "Dice_mean_reference", "mean_difference", "median_difference", "ci_low", "ci_high",
-             "wilcoxon_p", "better", "worse", "failed", "failed_reference", "rescued", "newly_failed", "note")
+             "wilcoxon_p", "better", "worse", "better_larger", "better_smaller", "worse_larger", "worse_smaller", "failed", "failed_reference", "rescued", "newly_failed", "note")
 POOLED = "all"  # the draw and run of the entries pooled over all draws and runs
 REPEAT_METRICS = ("Dice_mean", "Dice_median", "failed_cases")
 
@@ -86,10 +89,11 @@ def case_mismatch(dice: Mapping, reference: Mapping, what: str = "trainer",
 
 def paired_difference(dice: Mapping[str, float], reference: Mapping[str, float], n_resamples: int = N_RESAMPLES,
                       seed: int = 0, what: str = "trainer", reference_name: str = "reference",
-                      unit=None) -> dict:
+                      unit=None, volumes: Optional[tuple] = None) -> dict:
     """Statistics of `dice` against `reference` (case id -> Dice, the same case ids); see the module text.
     `unit(case id)`: the independent unit of a case (default: the case itself); the bootstrap interval and the
-    Wilcoxon test use each unit's mean difference."""
+    Wilcoxon test use each unit's mean difference. `volumes`: (case id -> predicted / true volume of the trainer,
+    the same of the reference) for the better / worse split by size."""
     mismatch = case_mismatch(dice, reference, what, reference_name)
     if mismatch:
         raise StatisticsError(mismatch + "; compare predictions of the same cases (same test set, same folds)")
@@ -107,11 +111,17 @@ def paired_difference(dice: Mapping[str, float], reference: Mapping[str, float],
         units = np.array([np.mean(v) for _, v in sorted(groups.items())])
     low, high = bootstrap_interval(units, n_resamples, seed=seed)
     counted = np.round(d, 9)  # 0.95 - 0.90 is 0.05000000000000004: not more than 5 points
-    return {"n_cases": len(cases), "n_units": int(units.size), "Dice_mean": float(a.mean()),
+    better, worse = counted > CHANGE_DICE, counted < -CHANGE_DICE
+    by_size = {}
+    if volumes is not None:
+        mine, theirs = (np.array([v[c] for c in cases], dtype=float) for v in volumes)
+        larger, smaller = mine > theirs, mine < theirs  # a NaN volume (empty reference) is neither
+        by_size = {"better_larger": int(np.sum(better & larger)), "better_smaller": int(np.sum(better & smaller)),
+                   "worse_larger": int(np.sum(worse & larger)), "worse_smaller": int(np.sum(worse & smaller))}
+    return {**by_size, "n_cases": len(cases), "n_units": int(units.size), "Dice_mean": float(a.mean()),
             "Dice_mean_reference": float(r.mean()), "mean_difference": float(d.mean()),
             "median_difference": float(np.median(d)), "ci_low": low, "ci_high": high,
-            "wilcoxon_p": wilcoxon_p(units), "better": int(np.sum(counted > CHANGE_DICE)),
-            "worse": int(np.sum(counted < -CHANGE_DICE)), "failed": int(np.sum(a < FAILED_DICE)),
+            "wilcoxon_p": wilcoxon_p(units), "better": int(np.sum(better)), "worse": int(np.sum(worse)), "failed": int(np.sum(a < FAILED_DICE)),
             "failed_reference": int(np.sum(r < FAILED_DICE)),
             "rescued": int(np.sum((r < FAILED_DICE) & (a >= FAILED_DICE))),
             "newly_failed": int(np.sum((a < FAILED_DICE) & (r >= FAILED_DICE)))}
@@ -164,7 +174,8 @@ def paired_statistics(rows: Sequence[dict], reference: Optional[str] = None, n_r
                       file=sys.stderr)
                 result.append({**entry, "paired": False, "n_cases": len(dice), "note": "not paired: " + mismatch})
                 continue
-            stats = paired_difference(dice, ref_dice, n_resamples, seed, what=what, reference_name=reference)
+            stats = paired_difference(dice, ref_dice, n_resamples, seed, what=what, reference_name=reference,
+                                      volumes=_both_volumes(r, references[0]))
             result.append({**entry, "paired": True, **stats, "note": ""})
     return result
 
@@ -176,25 +187,28 @@ def pooled_statistics(rows: Sequence[dict], reference: Optional[str] = None, n_r
     Only (draw, run) with both trainers count; different case sets within one are an error."""
     scored = [r for r in rows if "case_dice" in r and r.get("draw") is not None]
     reference = _reference_of(scored, reference)
-    references = {(r["evaluation"], r["draw"], r["run"]): _per_case(r) for r in scored if r["trainer"] == reference}
-    pooled: Dict[tuple, tuple] = {}  # (trainer, evaluation) -> ({(draw, run, case): Dice}, the reference's)
+    references = {(r["evaluation"], r["draw"], r["run"]): r for r in scored if r["trainer"] == reference}
+    pairs: Dict[tuple, List[tuple]] = {}  # (trainer, evaluation) -> [(its row, the reference's row)]
     for r in scored:
         key = (r["evaluation"], r["draw"], r["run"])
-        if r["trainer"] == reference or key not in references:
-            continue
-        dice, ref = pooled.setdefault((r["trainer"], r["evaluation"]), ({}, {}))
-        mine = _per_case(r)
-        mismatch = case_mismatch(mine, references[key], f"{r['trainer']} (draw {r['draw']}, run {r['run']})",
-                                 reference)
-        if mismatch:
-            raise StatisticsError(mismatch)
-        dice.update({(str(r["draw"]), str(r["run"]), c): v for c, v in mine.items()})
-        ref.update({(str(r["draw"]), str(r["run"]), c): v for c, v in references[key].items()})
+        if r["trainer"] != reference and key in references:
+            pairs.setdefault((r["trainer"], r["evaluation"]), []).append((r, references[key]))
     result = []
-    for (trainer, evaluation), (dice, ref) in pooled.items():
-        n_groups = len({k[:2] for k in dice})
-        stats = paired_difference(dice, ref, n_resamples, seed, what=trainer, reference_name=reference,
-                                  unit=lambda key: key[2])
+    for (trainer, evaluation), group in pairs.items():
+        def pooled(per_case_of):  # {(draw, run, case): value} of (the trainer's, the reference's) rows
+            return tuple({(str(r["draw"]), str(r["run"]), c): v for r, ref in group
+                          for c, v in per_case_of(r, ref)[i].items()} for i in (0, 1))
+        for r, ref in group:
+            mismatch = case_mismatch(_per_case(r), _per_case(ref), f"{trainer} (draw {r['draw']}, run {r['run']})",
+                                     reference)
+            if mismatch:
+                raise StatisticsError(mismatch)
+        dice, ref_dice = pooled(lambda r, ref: (_per_case(r), _per_case(ref)))
+        with_volumes = all(_both_volumes(r, ref) is not None for r, ref in group)
+        volumes = pooled(_both_volumes) if with_volumes else None  # one result without them: no split by size
+        n_groups = len(group)
+        stats = paired_difference(dice, ref_dice, n_resamples, seed, what=trainer, reference_name=reference,
+                                  unit=lambda key: key[2], volumes=volumes)
         result.append({"dataset": f"all draws ({n_groups} draw x run)", "evaluation": evaluation, "draw": POOLED,
                        "run": POOLED, "trainer": trainer, "reference": reference, "paired": True, **stats,
                        "note": "pooled: pairs of the same case in the same draw and run; interval and Wilcoxon "
@@ -256,6 +270,13 @@ def _per_case(row: dict) -> Dict[str, float]:
     return dict(zip(ids, row["case_dice"]))
 
 
+def _both_volumes(row: dict, reference_row: dict) -> Optional[tuple]:
+    """(case id -> predicted / true volume) of a row and of its reference row; None unless both carry them."""
+    if "case_volume_ratio" not in row or "case_volume_ratio" not in reference_row:
+        return None
+    return tuple(dict(zip(r["case_ids"], r["case_volume_ratio"])) for r in (row, reference_row))
+
+
 def _p(value: float) -> str:
     return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
@@ -267,7 +288,7 @@ def statistics_cells(stats: Sequence[dict]):
     header = ["dataset", "evaluation"] + (["draw", "run"] if repeats else []) + [
         "trainer", "reference", "cases", "mean Dice", "reference mean Dice", DIFFERENCE_COLUMN, INTERVAL_COLUMN,
         "Wilcoxon p", f"better > {CHANGE_DICE * 100:g}", f"worse > {CHANGE_DICE * 100:g}",
-        f"failed (< {FAILED_DICE})", "failed reference", "rescued", "newly failed"]
+        "better: larger / smaller", "worse: larger / smaller", f"failed (< {FAILED_DICE})", "failed reference", "rescued", "newly failed"]
     cells = []
     for s in stats:
         row = [s["dataset"], s["evaluation"]] + ([str(s.get("draw", "")), str(s.get("run", ""))] if repeats else []) \
@@ -280,15 +301,23 @@ def statistics_cells(stats: Sequence[dict]):
                             f"{s['Dice_mean']:.4f}", f"{s['Dice_mean_reference']:.4f}",
                             f"{100 * s['mean_difference']:+.2f}",
                             f"[{100 * s['ci_low']:+.2f}, {100 * s['ci_high']:+.2f}]", _p(s["wilcoxon_p"]),
-                            str(s["better"]), str(s["worse"]), str(s["failed"]), str(s["failed_reference"]),
+                            str(s["better"]), str(s["worse"]), _by_size(s, "better"), _by_size(s, "worse"),
+                            str(s["failed"]), str(s["failed_reference"]),
                             str(s["rescued"]), str(s["newly_failed"])])
     return header, cells
+
+
+def _by_size(entry: dict, which: str) -> str:
+    if f"{which}_larger" not in entry:
+        return "-"
+    return f"{entry[which + '_larger']} / {entry[which + '_smaller']}"
 
 
 STATISTICS_NOTE = (f"Paired per-case differences of test or cross-validation Dice (trainer minus reference, in Dice "
                    f"points), cases paired by id; {int(CONFIDENCE * 100)}% CI: percentile bootstrap of the mean "
                    f"difference ({N_RESAMPLES} resamples, seeded); Wilcoxon: two-sided signed-rank test; better / "
-                   f"worse: cases more than {CHANGE_DICE * 100:g} points above / below the reference; rescued: "
+                   f"worse: cases more than {CHANGE_DICE * 100:g} points above / below the reference; larger / "
+                   f"smaller: of those, the cases the trainer segments larger / smaller than the reference; rescued: "
                    f"failed (Dice < {FAILED_DICE}) by the reference, not by the trainer; newly failed: the reverse. "
                    f"Draw and run {POOLED}: the pairs of every draw and run pooled, interval and Wilcoxon over each test "
                    f"case's mean difference. Not paired: the two were evaluated on different cases.")
