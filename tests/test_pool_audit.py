@@ -118,3 +118,41 @@ def test_train_with_pool_labels_audits_every_epoch_with_the_inference_weights(da
         truth = np.asarray(Image.open(os.path.join(labels, case + ".png")))
         expected = case_scores(seg[0], truth, [1, 2])  # the synthetic dataset has two foreground labels
         assert last["per_case"][case] == pytest.approx(expected, abs=1e-6), case
+
+
+def test_the_audit_skips_the_masked_image_modelling_epochs(monkeypatch):
+    """MIRA-U's MIM phase trains no segmentation (and no teacher): its epochs are logged as skipped, not scored."""
+    import nnunet_ssl.evaluation.pool_audit as pool_audit
+
+    class Trainer:
+        local_rank, reconstructing = 0, True
+
+        def __init__(self):
+            self.log, self.ended = [], 0
+
+        def on_train_start(self):
+            pass
+
+        def on_epoch_end(self):
+            self.ended += 1
+
+        def print_to_log_file(self, *args):
+            self.log.append(" ".join(map(str, args)))
+
+    class Audit:
+        def __init__(self, trainer, labels_folder, max_cases):
+            self.epochs = 0
+
+        def record_epoch(self):
+            self.epochs += 1
+            return {"epoch": self.epochs}
+
+    monkeypatch.setattr(pool_audit, "PoolAudit", Audit)
+    trainer = Trainer()
+    state = pool_audit.install_pool_audit(trainer, "labels")
+    trainer.on_train_start()
+    trainer.on_epoch_end()
+    assert state["last"] is None and trainer.ended == 1 and "skipped in the masked-image-modelling" in trainer.log[0]
+    trainer.reconstructing = False  # the semi-supervised phase
+    trainer.on_epoch_end()
+    assert state["last"] == {"epoch": 1} and trainer.ended == 2 and len(trainer.log) == 1

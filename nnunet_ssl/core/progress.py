@@ -6,9 +6,10 @@ from typing import Dict, List, Sequence
 
 
 def plot_ssl_progress(logged: Dict[str, List[float]], loss_keys: Sequence[str], other_keys: Sequence[str],
-                      filename: str, title: str = "") -> None:
+                      filename: str, title: str = "", epochs: Sequence[int] = None) -> None:
     """Two panels: the losses (supervised and unsupervised terms, log scale when all are positive) and the
-    other keys (ramp weights, thresholds, fractions). Written to a temporary file and renamed."""
+    other keys (ramp weights, thresholds, fractions), over `epochs` (default 0, 1, ...: one value per epoch from
+    the first). Written to a temporary file and renamed."""
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
@@ -21,7 +22,7 @@ def plot_ssl_progress(logged: Dict[str, List[float]], loss_keys: Sequence[str], 
         for ax, (keys, label) in zip(axes[:, 0], panels):
             for key in keys:
                 values = logged.get(key, [])
-                ax.plot(range(len(values)), values, marker="o" if len(values) < 30 else None, label=key)
+                ax.plot(range(len(values)) if epochs is None else epochs[:len(values)], values, marker="o" if len(values) < 30 else None, label=key)
             values = [v for key in keys for v in logged.get(key, [])]
             if label == "loss" and values and min(values) > 0:
                 ax.set_yscale("log")

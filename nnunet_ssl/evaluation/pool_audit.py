@@ -151,7 +151,8 @@ class PoolAudit:
         write_json(self.file, {"trainer": type(t).__name__, "inference_weights": weights, "epochs": self.epochs})
         plot_ssl_progress({k: [e.get(k, float("nan")) for e in self.epochs] for k in PLOTTED}, (), PLOTTED,
                           os.path.join(t.output_folder, AUDIT_PLOT),
-                          f"{type(t).__name__}: unlabeled pool, {summary['n_cases']} cases ({weights} weights)")
+                          f"{type(t).__name__}: unlabeled pool, {summary['n_cases']} cases ({weights} weights)",
+                          epochs=[e["epoch"] for e in self.epochs])  # not from 0 after a pretraining phase
         if summary["n_cases"]:
             t.print_to_log_file(
                 f"pool audit ({summary['n_cases']} unlabeled cases, {weights} weights): Dice mean "
@@ -163,7 +164,7 @@ class PoolAudit:
 
 def install_pool_audit(trainer, labels_folder: str, max_cases: int = None) -> dict:
     """Make `trainer` audit its pool at the end of every epoch (before nnU-Net's on_epoch_end, which counts the
-    epoch and checkpoints). The labels are preprocessed when training starts, so bad input fails before the first
+    epoch and checkpoints), except in a masked-image-modelling phase. The labels are preprocessed when training starts, so bad input fails before the first
     iteration. Returns a dict whose "last" is the latest epoch's summary."""
     state = {"audit": None, "last": None}
     on_train_start, on_epoch_end = trainer.on_train_start, trainer.on_epoch_end
@@ -174,7 +175,12 @@ def install_pool_audit(trainer, labels_folder: str, max_cases: int = None) -> di
             state["audit"] = PoolAudit(trainer, labels_folder, max_cases)
 
     def end():
-        if state["audit"] is not None:
+        if state["audit"] is not None and getattr(trainer, "reconstructing", False):
+            # a masked-image-modelling epoch trains no segmentation and leaves the teacher as it was built: its
+            # score would be that of random output weights, every epoch the same
+            trainer.print_to_log_file("pool audit: skipped in the masked-image-modelling phase (no segmentation "
+                                      "is trained yet)")
+        elif state["audit"] is not None:
             state["last"] = state["audit"].record_epoch()
         on_epoch_end()
 
