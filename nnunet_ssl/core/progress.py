@@ -22,7 +22,8 @@ def plot_ssl_progress(logged: Dict[str, List[float]], loss_keys: Sequence[str], 
         for ax, (keys, label) in zip(axes[:, 0], panels):
             for key in keys:
                 values = logged.get(key, [])
-                ax.plot(range(len(values)) if epochs is None else epochs[:len(values)], values, marker="o" if len(values) < 30 else None, label=key)
+                x = range(len(values)) if epochs is None else epochs[:len(values)]
+                ax.plot(x, values, marker="o" if len(values) < 30 else None, label=key)
             values = [v for key in keys for v in logged.get(key, [])]
             if label == "loss" and values and min(values) > 0:
                 ax.set_yscale("log")

@@ -226,8 +226,9 @@ def markdown_table(rows: List[dict]) -> str:
 LEADERBOARD_NOTE = (f"Mean ± std over cases. Dice < {FAILED_DICE}: cases whose mean foreground Dice is below "
                     f"{FAILED_DICE}. Volume / true: each case's predicted over true volume (the mean over the labels "
                     f"in its reference), its median over cases, and the cases below {UNDER} (under-segmented) and "
-                    f"above {OVER} (over-segmented). HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at the stated "
-                    "tolerance. s/iter: training iterations only (data loading included, validation excluded).")
+                    f"above {OVER} (over-segmented). HD95/ASSD: MONAI surface distances, in mm and in voxels; NSD at "
+                    "the stated tolerance. s/iter: training iterations only (data loading included, validation "
+                    "excluded).")
 
 
 def statistics_markdown(statistics: List[dict]) -> str:

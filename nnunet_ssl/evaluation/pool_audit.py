@@ -164,8 +164,8 @@ class PoolAudit:
 
 def install_pool_audit(trainer, labels_folder: str, max_cases: int = None) -> dict:
     """Make `trainer` audit its pool at the end of every epoch (before nnU-Net's on_epoch_end, which counts the
-    epoch and checkpoints), except in a masked-image-modelling phase. The labels are preprocessed when training starts, so bad input fails before the first
-    iteration. Returns a dict whose "last" is the latest epoch's summary."""
+    epoch and checkpoints), except in a masked-image-modelling phase. The labels are preprocessed when training
+    starts, so bad input fails before the first iteration. Returns a dict whose "last" is the latest epoch's summary."""
     state = {"audit": None, "last": None}
     on_train_start, on_epoch_end = trainer.on_train_start, trainer.on_epoch_end
 

@@ -41,7 +41,8 @@ DIFFERENCE_COLUMN = "mean difference (points)"
 INTERVAL_COLUMN = f"{int(CONFIDENCE * 100)}% bootstrap CI"
 STAT_KEYS = ("dataset", "evaluation", "draw", "run", "trainer", "reference", "paired", "n_cases", "n_units",
              "Dice_mean", "Dice_mean_reference", "mean_difference", "median_difference", "ci_low", "ci_high",
-             "wilcoxon_p", "better", "worse", "better_larger", "better_smaller", "worse_larger", "worse_smaller", "failed", "failed_reference", "rescued", "newly_failed", "note")
+             "wilcoxon_p", "better", "worse", "better_larger", "better_smaller", "worse_larger", "worse_smaller",
+             "failed", "failed_reference", "rescued", "newly_failed", "note")
 POOLED = "all"  # the draw and run of the entries pooled over all draws and runs
 REPEAT_METRICS = ("Dice_mean", "Dice_median", "failed_cases")
 
@@ -118,10 +119,11 @@ def paired_difference(dice: Mapping[str, float], reference: Mapping[str, float],
         larger, smaller = mine > theirs, mine < theirs  # a NaN volume (empty reference) is neither
         by_size = {"better_larger": int(np.sum(better & larger)), "better_smaller": int(np.sum(better & smaller)),
                    "worse_larger": int(np.sum(worse & larger)), "worse_smaller": int(np.sum(worse & smaller))}
-    return {**by_size, "n_cases": len(cases), "n_units": int(units.size), "Dice_mean": float(a.mean()),
+    return {"n_cases": len(cases), "n_units": int(units.size), "Dice_mean": float(a.mean()),
             "Dice_mean_reference": float(r.mean()), "mean_difference": float(d.mean()),
             "median_difference": float(np.median(d)), "ci_low": low, "ci_high": high,
-            "wilcoxon_p": wilcoxon_p(units), "better": int(np.sum(better)), "worse": int(np.sum(worse)), "failed": int(np.sum(a < FAILED_DICE)),
+            "wilcoxon_p": wilcoxon_p(units), "better": int(np.sum(better)), "worse": int(np.sum(worse)), **by_size,
+            "failed": int(np.sum(a < FAILED_DICE)),
             "failed_reference": int(np.sum(r < FAILED_DICE)),
             "rescued": int(np.sum((r < FAILED_DICE) & (a >= FAILED_DICE))),
             "newly_failed": int(np.sum((a < FAILED_DICE) & (r >= FAILED_DICE)))}
@@ -195,9 +197,9 @@ def pooled_statistics(rows: Sequence[dict], reference: Optional[str] = None, n_r
             pairs.setdefault((r["trainer"], r["evaluation"]), []).append((r, references[key]))
     result = []
     for (trainer, evaluation), group in pairs.items():
-        def pooled(per_case_of):  # {(draw, run, case): value} of (the trainer's, the reference's) rows
-            return tuple({(str(r["draw"]), str(r["run"]), c): v for r, ref in group
-                          for c, v in per_case_of(r, ref)[i].items()} for i in (0, 1))
+        def pooled(per_case_of):  # ({(draw, run, case): value} of the trainer's rows, the same of the reference's)
+            both = [((str(r["draw"]), str(r["run"])), per_case_of(r, ref)) for r, ref in group]
+            return tuple({(*where, c): v for where, maps in both for c, v in maps[i].items()} for i in (0, 1))
         for r, ref in group:
             mismatch = case_mismatch(_per_case(r), _per_case(ref), f"{trainer} (draw {r['draw']}, run {r['run']})",
                                      reference)
@@ -288,7 +290,8 @@ def statistics_cells(stats: Sequence[dict]):
     header = ["dataset", "evaluation"] + (["draw", "run"] if repeats else []) + [
         "trainer", "reference", "cases", "mean Dice", "reference mean Dice", DIFFERENCE_COLUMN, INTERVAL_COLUMN,
         "Wilcoxon p", f"better > {CHANGE_DICE * 100:g}", f"worse > {CHANGE_DICE * 100:g}",
-        "better: larger / smaller", "worse: larger / smaller", f"failed (< {FAILED_DICE})", "failed reference", "rescued", "newly failed"]
+        "better: larger / smaller", "worse: larger / smaller", f"failed (< {FAILED_DICE})", "failed reference",
+        "rescued", "newly failed"]
     cells = []
     for s in stats:
         row = [s["dataset"], s["evaluation"]] + ([str(s.get("draw", "")), str(s.get("run", ""))] if repeats else []) \
