@@ -276,6 +276,23 @@ def test_ablations_declare_their_terms_and_cost():
     assert (nnUNetTrainerUAMT_AMT.step_cost.student_passes, nnUNetTrainerUAMT_AMT.step_cost.teacher_passes) == (2, 1)
 
 
+
+def test_labeled_mix_variant_blends_the_student_view_only():
+    """_LabeledMix: the student sees lam x_u + (1 - lam) x_l (lam >= 0.5, one per sample) before P; the parent's
+    student sees x_u itself (perturbation off here to see the blend). The teacher's input is not a view: x_u."""
+    from nnunet_ssl.trainers.nnUNetTrainerUAMT import nnUNetTrainerUAMT, nnUNetTrainerUAMT_LabeledMix
+    x_u, x_l = torch.zeros(6, 1, 8, 8), torch.ones(2, 1, 8, 8)
+    views = {}
+    for cls in (nnUNetTrainerUAMT, nnUNetTrainerUAMT_LabeledMix):
+        trainer = object.__new__(cls)  # student_view needs only the class's settings
+        trainer.student_perturbation = None
+        views[cls] = trainer.student_view(x_u, x_l)
+    assert torch.equal(views[nnUNetTrainerUAMT], x_u)
+    per_sample = views[nnUNetTrainerUAMT_LabeledMix].flatten(1)  # the share of the labeled image
+    assert torch.allclose(per_sample, per_sample[:, :1].expand_as(per_sample))
+    assert (per_sample[:, 0] >= 0).all() and (per_sample[:, 0] <= 0.5).all() and per_sample[:, 0].max() > 0
+
+
 # ---------------------------------------------------------------------- what the stock CLIs run
 def test_train_resume_predict_as_the_stock_clis_do(dataset_2d, nnunet_env, tmp_path):
     """nnUNetv2_train, --c and nnUNetv2_predict as those commands run once they have parsed their arguments, in

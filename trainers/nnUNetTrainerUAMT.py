@@ -37,7 +37,7 @@ from nnunet_ssl.architectures.common import full_resolution
 from nnunet_ssl.architectures.multi_output import MultiHeadNetwork
 from nnunet_ssl.components.losses import hard_label_dc_ce
 from nnunet_ssl.components.patch_replacement import patch_grid, uncertainty_replacement
-from nnunet_ssl.components.perturbations import Photometric, photometric
+from nnunet_ssl.components.perturbations import Photometric, mix_up, photometric
 from nnunet_ssl.components.uncertainty import mixture_entropy
 from nnunet_ssl.core.checkpoints import InferenceChoice
 from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
@@ -128,7 +128,7 @@ class nnUNetTrainerUAMT(nnUNetTrainerSSL):
     def train_step(self, batch: dict) -> dict:
         x_l, y_l, x_u = self.step_batches(batch)
         with torch.no_grad(), self.autocast():
-            x_s = photometric(x_u, self.student_perturbation) if self.student_perturbation else x_u  # P x_u
+            x_s = self.student_view(x_u, x_l)  # P x_u
             p_teacher_u = self.teacher_probabilities(x_u)
             pseudo_label = p_teacher_u.argmax(1)  # T
             p_teacher_l = self.teacher_probabilities(x_l) if self.patch_replacement else None
@@ -201,6 +201,10 @@ class nnUNetTrainerUAMT(nnUNetTrainerSSL):
                                          target_from="network.backbone.decoder.seg_layers")
         return pseudo_loss, 0.5 * (cross_1 + cross_2)
 
+    def student_view(self, x_u: torch.Tensor, x_l: torch.Tensor) -> torch.Tensor:
+        """P x_u: the unlabeled batch as the student sees it (the teacher sees x_u itself)."""
+        return photometric(x_u, self.student_perturbation) if self.student_perturbation else x_u
+
     @staticmethod
     def argmax(logits: torch.Tensor) -> torch.Tensor:
         """A head's hard prediction as a target: (B, 1, *spatial), stop-gradient."""
@@ -257,3 +261,14 @@ class nnUNetTrainerUAMT_LiteralWeighting(nnUNetTrainerUAMT):
     """The paper's eq. 4-5 as written: lambda L_s + (1 - lambda) L_u, lambda ramped up over the whole run (almost
     no supervised signal at the start)."""
     literal_weighting = True
+
+
+# ---------------------------------------------------------------------- a diagnostic
+class nnUNetTrainerUAMT_LabeledMix(nnUNetTrainerUAMT):
+    """Not the paper: the student's view of x_u is first blended with a labeled image as SGRS's mix-up (eq. 3-4,
+    Beta(0.75, 0.75), lam >= 0.5), the target still T of x_u. On PH2 UAMT shrank the lesions as MIRA-U did, and
+    the same blend stopped MIRA-U's shrinking (README); this asks whether it does the same for UAMT."""
+    mix_alpha = 0.75
+
+    def student_view(self, x_u, x_l):
+        return super().student_view(mix_up(x_u, x_l, self.mix_alpha)[0], x_l)
