@@ -16,6 +16,7 @@ from nnunet_ssl.components.cross_supervision import (class_prototypes, entropy_f
 from nnunet_ssl.components.uncertainty import entropy
 
 DUALNET = "nnUNetTrainerDualNet"
+LABELED_MIX = "nnUNetTrainerDualNet_LabeledMix"
 
 
 # ---------------------------------------------------------------------- the entropy mask
@@ -157,9 +158,9 @@ def test_infonce_subsamples_the_selected_voxels():
 
 
 # ---------------------------------------------------------------------- the trainer
-def build(dataset_2d):
+def build(dataset_2d, name=DUALNET):
     from nnunetv2.run.run_training import get_trainer_from_args
-    trainer = get_trainer_from_args("801", "2d", "all", DUALNET, "nnUNetPlans", device=torch.device("cpu"))
+    trainer = get_trainer_from_args("801", "2d", "all", name, "nnUNetPlans", device=torch.device("cpu"))
     trainer.on_train_start()
     return trainer
 
@@ -174,11 +175,11 @@ def test_winner_is_the_lower_supervised_loss(dataset_2d):
         trainer.on_train_end()
 
 
-@pytest.mark.parametrize("winner", ["a", "b"])
-def test_each_term_trains_its_network_and_not_its_target_provider(dataset_2d, monkeypatch, winner):
+@pytest.mark.parametrize("name,winner", [(DUALNET, "a"), (DUALNET, "b"), (LABELED_MIX, "a")])
+def test_each_term_trains_its_network_and_not_its_target_provider(dataset_2d, monkeypatch, name, winner):
     """Measured on the terms' values, whatever their registration says: CPS_k moves network k only, the KL and
     prototype terms move the loser only; the lambda_c-weighted total as well."""
-    trainer = build(dataset_2d)
+    trainer = build(dataset_2d, name)
     loser = "b" if winner == "a" else "a"
     monkeypatch.setattr(trainer, "competition", lambda sup: (winner, loser))
     monkeypatch.setattr(trainer, "rampup", lambda fraction: 1.0)  # lambda_c = 0.1, not ~0 at the first step
@@ -205,6 +206,34 @@ def test_each_term_trains_its_network_and_not_its_target_provider(dataset_2d, mo
     for term in ("kl_loss", "proto_loss"):
         assert grads[(term, loser)] > 0 and grads[(term, winner)] == 0, term
     assert out["a_wins"] == float(winner == "a") and 0.0 < out["ignored_fraction"] <= 0.2 + 1e-6
+
+
+def test_labeled_mix_learns_on_the_blend_and_takes_its_targets_from_the_unlabeled_image(dataset_2d):
+    """_LabeledMix: both networks learn on lam x_u + (1 - lam) x_l (lam >= 0.5, one per sample); the targets are
+    both networks' no-grad predictions of x_u itself. DualNet's own targets are its learning pass, detached."""
+    from nnunet_ssl.architectures.common import full_resolution
+    from nnunet_ssl.trainers.nnUNetTrainerDualNet import nnUNetTrainerDualNet, nnUNetTrainerDualNet_LabeledMix
+
+    x_u, x_l = torch.zeros(6, 1, 8, 8), torch.ones(2, 1, 8, 8)
+    assert nnUNetTrainerDualNet.unlabeled_views(None, x_u, x_l) == (x_u, None)
+    x_learn, x_target = nnUNetTrainerDualNet_LabeledMix.unlabeled_views(
+        object.__new__(nnUNetTrainerDualNet_LabeledMix), x_u, x_l)
+    per_sample = x_learn.flatten(1)  # the share of the labeled image
+    assert x_target is x_u and torch.allclose(per_sample, per_sample[:, :1].expand_as(per_sample))
+    assert (per_sample[:, 0] >= 0).all() and (per_sample[:, 0] <= 0.5).all() and per_sample[:, 0].max() > 0
+
+    trainer = build(dataset_2d, LABELED_MIX)
+    try:
+        x_u = torch.randn(2, trainer.num_input_channels, *trainer.configuration_manager.patch_size)
+        targets = trainer.target_logits(None, x_u)
+        with torch.no_grad():
+            out = trainer.network(x_u, all_outputs=True)
+        for k in ("a", "b"):
+            assert not targets[k].requires_grad and torch.allclose(targets[k], full_resolution(out[k]).float())
+        z = {k: v.clone().requires_grad_() for k, v in targets.items()}
+        assert all(not t.requires_grad for t in trainer.target_logits(z, None).values())  # no target view
+    finally:
+        trainer.on_train_end()
 
 
 # ---------------------------------------------------------------------- stock CLIs

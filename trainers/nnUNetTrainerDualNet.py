@@ -37,6 +37,7 @@ from nnunet_ssl.architectures.multi_output import DecoderFeatures, NetworkEnsemb
 from nnunet_ssl.architectures.plans import residual_encoder_network
 from nnunet_ssl.components.cross_supervision import (class_prototypes, entropy_filter, kl_weighted_pseudo_label_loss,
                                                      masked_cross_entropy, prototype_infonce)
+from nnunet_ssl.components.perturbations import mix_up
 from nnunet_ssl.components.uncertainty import entropy
 from nnunet_ssl.core.checkpoints import InferenceChoice
 from nnunet_ssl.core.trainer import StepCost, nnUNetTrainerSSL
@@ -96,19 +97,21 @@ class nnUNetTrainerDualNet(nnUNetTrainerSSL):
         self.forget_features()
         winner, loser = self.competition(sup)
 
+        x_learn, x_target = self.unlabeled_views(x_u, x_l)
         with self.autocast():
-            out = self.network(x_u, all_outputs=True)
+            out = self.network(x_learn, all_outputs=True)
         z = {k: full_resolution(out[k]).float() for k in NETWORKS}
         f_loser = self.decoder_features[loser].take()
         self.forget_features()
         with torch.no_grad():
-            keep = entropy_filter(*(entropy(self.probabilities(z[k].detach())) for k in NETWORKS),
+            z_target = self.target_logits(z, x_target)  # what each network's partner learns from
+            keep = entropy_filter(*(entropy(self.probabilities(z_target[k])) for k in NETWORKS),
                                   self.entropy_ignore_percent)
-            pseudo = {k: z[k].detach().argmax(1) for k in NETWORKS}  # Y_k
+            pseudo = {k: z_target[k].argmax(1) for k in NETWORKS}  # Y_k
         cps = {k: self.unsupervised_term(f"cps_loss_{k}", masked_cross_entropy(z[k], pseudo[other], keep),
                                          trains=(k,), target_from=other)
                for k, other in (("a", "b"), ("b", "a"))}
-        kl_loss, kl_divergence = kl_weighted_pseudo_label_loss(z[loser], z[winner], self.kl_temperature)
+        kl_loss, kl_divergence = kl_weighted_pseudo_label_loss(z[loser], z_target[winner], self.kl_temperature)
         kl_loss = self.unsupervised_term("kl_loss", kl_loss, trains=(loser,), target_from=winner)
         prototypes, present = class_prototypes(f_loser, pseudo[winner], keep, z[loser].shape[1])
         proto_loss = self.unsupervised_term(
@@ -128,6 +131,20 @@ class nnUNetTrainerDualNet(nnUNetTrainerSSL):
             lam_c * log["proto_loss"]
         return log
 
+    def unlabeled_views(self, x_u: torch.Tensor, x_l: torch.Tensor):
+        """(the unlabeled batch both networks learn on, the one their targets come from; None: the same pass)."""
+        return x_u, None
+
+    def target_logits(self, z: dict, x_target) -> dict:
+        """The full-resolution logits the targets come from: the learning pass's own (detached), or, given a target
+        view, a no-grad pass of both networks over it."""
+        if x_target is None:
+            return {k: z[k].detach() for k in NETWORKS}
+        with torch.no_grad(), self.autocast():
+            out = self.network(x_target, all_outputs=True)
+        self.forget_features()
+        return {k: full_resolution(out[k]).float() for k in NETWORKS}
+
     def competition(self, sup: dict):
         """(winner, loser): the network with the lower supervised loss this iteration (A on a tie). Under DDP the
         ranks' losses are averaged first, so every rank trains the same network as the loser."""
@@ -140,3 +157,15 @@ class nnUNetTrainerDualNet(nnUNetTrainerSSL):
         """Drop the features the hooks kept from the last forward (and with them that pass's graph)."""
         for hook in self.decoder_features.values():
             hook.features = None
+
+
+class nnUNetTrainerDualNet_LabeledMix(nnUNetTrainerDualNet):
+    """Not the paper: both networks learn on each unlabeled image blended with a labeled image (SGRS's mix-up, eq.
+    3-4, Beta(0.75, 0.75), lam >= 0.5), while the pseudo labels, the entropy filter and the KL target come from a
+    no-grad pass of both networks over the unlabeled image itself (one more pass of each). On PH2 DualNet shrank
+    the lesions as MIRA-U did, and this blend stopped MIRA-U's shrinking (README); this asks the same of DualNet."""
+    mix_alpha = 0.75
+    step_cost = StepCost(student_passes=2, teacher_passes=1)  # + the no-grad pass of both networks on x_u
+
+    def unlabeled_views(self, x_u, x_l):
+        return mix_up(x_u, x_l, self.mix_alpha)[0], x_u

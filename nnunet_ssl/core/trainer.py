@@ -79,7 +79,8 @@ class NonFiniteLossError(UserError):
 class StepCost:
     """The passes one training step needs, each over one batch of the labeled batch size: bench-step's compute
     floor. `student_passes` forward+backward passes through each network of optimized_modules(), and
-    `teacher_passes` no-grad forwards (MC dropout: one per stochastic pass)."""
+    `teacher_passes` no-grad forwards of the teacher (MC dropout: one per stochastic pass; a trainer without a
+    teacher: of its network, both members of a two-network method at once)."""
     student_passes: int = 2  # labeled + unlabeled
     teacher_passes: int = 1
 

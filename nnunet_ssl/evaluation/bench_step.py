@@ -64,7 +64,7 @@ def compute_floor(trainer, repeats: int = 10) -> Dict[str, float]:
     x = torch.randn(b, trainer.num_input_channels, *trainer.configuration_manager.patch_size, device=trainer.device)
     cost = getattr(trainer, "step_cost", None)
     networks = list(trainer.optimized_modules().values()) if cost is not None else [trainer.network]
-    teacher = getattr(trainer, "teacher", None) or networks[0]
+    teacher = getattr(trainer, "teacher", None) or trainer.network  # none: the trained network(s), a pair at once
 
     def fwd_bwd(network):
         _scalar(_all_outputs(network, x)).backward()
