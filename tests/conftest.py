@@ -58,6 +58,14 @@ def nnunet_ssl_cli(*args, **kw):
     return run_cli(sys.executable, "-m", "nnunet_ssl", *args, **kw)
 
 
+def assert_blended_with_labeled(view: torch.Tensor) -> None:
+    """`view` is a labeled-mix-up view of an all-zeros unlabeled batch with an all-ones labeled one: each sample is
+    constant, its value the labeled image's share 1 - lam, lam >= 0.5, and some sample is blended at all."""
+    share = view.flatten(1)
+    assert torch.allclose(share, share[:, :1].expand_as(share))
+    assert (share[:, 0] >= 0).all() and (share[:, 0] <= 0.5).all() and share[:, 0].max() > 0
+
+
 def refused(capsys, argv) -> str:
     """`nnunet_ssl ARGV` in process must refuse (exit 2, as a user error ends); returns what it wrote to stderr."""
     from nnunet_ssl.commands.cli import main

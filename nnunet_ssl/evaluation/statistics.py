@@ -197,17 +197,22 @@ def pooled_statistics(rows: Sequence[dict], reference: Optional[str] = None, n_r
             pairs.setdefault((r["trainer"], r["evaluation"]), []).append((r, references[key]))
     result = []
     for (trainer, evaluation), group in pairs.items():
-        def pooled(per_case_of):  # ({(draw, run, case): value} of the trainer's rows, the same of the reference's)
-            both = [((str(r["draw"]), str(r["run"])), per_case_of(r, ref)) for r, ref in group]
-            return tuple({(*where, c): v for where, maps in both for c, v in maps[i].items()} for i in (0, 1))
+        # keyed (draw, run, case): the trainer's and the reference's Dice, and their volumes where both rows have them
+        dice, ref_dice, volumes = {}, {}, ({}, {})
         for r, ref in group:
-            mismatch = case_mismatch(_per_case(r), _per_case(ref), f"{trainer} (draw {r['draw']}, run {r['run']})",
-                                     reference)
+            mine, theirs = _per_case(r), _per_case(ref)
+            mismatch = case_mismatch(mine, theirs, f"{trainer} (draw {r['draw']}, run {r['run']})", reference)
             if mismatch:
                 raise StatisticsError(mismatch)
-        dice, ref_dice = pooled(lambda r, ref: (_per_case(r), _per_case(ref)))
-        with_volumes = all(_both_volumes(r, ref) is not None for r, ref in group)
-        volumes = pooled(_both_volumes) if with_volumes else None  # one result without them: no split by size
+            where = (str(r["draw"]), str(r["run"]))
+            for pooled, per_case in zip((dice, ref_dice), (mine, theirs)):
+                pooled.update({(*where, c): v for c, v in per_case.items()})
+            both = _both_volumes(r, ref)
+            if both is None:  # one result without them (e.g. an old summary): no split by size for the pool
+                volumes = None
+            elif volumes is not None:
+                for pooled, per_case in zip(volumes, both):
+                    pooled.update({(*where, c): v for c, v in per_case.items()})
         n_groups = len(group)
         stats = paired_difference(dice, ref_dice, n_resamples, seed, what=trainer, reference_name=reference,
                                   unit=lambda key: key[2], volumes=volumes)
