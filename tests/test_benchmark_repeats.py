@@ -189,6 +189,25 @@ def test_repeat_summary_mean_std_range_and_per_draw():
     assert one["Dice_mean_std"] == 0.0 and one["n_results"] == 1
 
 
+def test_summary_pools_the_paired_difference_and_counts_failed_cases_per_draw_over_the_runs_both_have():
+    from nnunet_ssl.evaluation.statistics import paired_statistics, pooled_statistics, repeat_summary, summary_cells
+
+    rows, _ = _repeated_rows()
+    rows.append(_row("C", [0.9, 0.5, 0.69], 1, 1))  # draw 1, run 1 only: the 0.75 case 6 points worse
+    statistics = paired_statistics(rows, n_resamples=200) + pooled_statistics(rows, n_resamples=200)
+    header, cells = summary_cells(repeat_summary(rows), statistics)
+    by_trainer = {row[0]: dict(zip(header, row)) for row in cells}
+    b, c = by_trainer["B"], by_trainer["C"]
+    assert b["draws x runs"] == "2 x 2" and b[header[5]].startswith("+10.00 (+10.00 to +10.00), p = ")
+    assert b["better / worse > 5 (larger)"] == "12 / 0"  # rows without volumes: no size split
+    # failed (< 0.8) by hand: draw 1: B 1 + 2 against 2 + 2; draw 2: B 1 + 2 against 1 + 2 (0.8 is not failed)
+    assert b["failed / nnUNetTrainer's, per draw"] == "3 / 4, 3 / 3" and b["worse > 5 per 20 pairs"] == "0.0"
+    # C is paired with draw 1, run 1 only: 3 pairs, 1 worse; the reference's failed cases of that run alone
+    assert c["draws x runs"] == "1 x 1" and c["better / worse > 5 (larger)"] == "0 / 1"
+    assert c["failed / nnUNetTrainer's, per draw"] == "2 / 2" and c["worse > 5 per 20 pairs"] == "6.7"
+    assert by_trainer["nnUNetTrainer"][header[5]] == ""  # the reference is not paired with itself
+
+
 def test_different_case_sets_are_not_paired_with_a_warning_or_an_error(capsys):
     from nnunet_ssl.evaluation.statistics import StatisticsError, paired_statistics, pooled_statistics
 
@@ -339,6 +358,7 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
     assert repeats["B"]["Dice_mean_per_draw"] == {"1": 1.0, "2": 0.5} and repeats["B"]["n_results"] == 4
     board = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "## Over runs and draws" in board and "| B | test (fold all) | 2 x 2 (4 results) | 0.7500 ± 0.2887" in board
+    assert board.index("## Summary") < board.index("## Over runs and draws")
     assert tree(dataset_2d) == source
 
     # --upper-bound, added later: only the reference trains again, on every training case labeled, once per run

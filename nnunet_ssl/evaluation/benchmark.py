@@ -484,7 +484,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     if (1, 1) in overlays:
         files["overlays"] = overlays[(1, 1)]
     table = markdown_table(rows)
-    print(f"\n{repeats_markdown(repeats)}\n\n{table}" +
+    print(f"\n{repeats_markdown(repeats, statistics)}\n\n{table}" +
           (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
     if missing:
         print(f"\nnot in the tables (--report-only; no record yet): {', '.join(missing)}")

@@ -249,11 +249,14 @@ def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
     write_text(path, text.getvalue())
 
 
-def repeats_markdown(summary: List[dict]) -> str:
-    """The table over runs and draws (statistics.repeat_summary) under a heading line, with its note."""
-    from nnunet_ssl.evaluation.statistics import REPEATS_NOTE, repeat_cells
+def repeats_markdown(summary: List[dict], statistics: Sequence[dict] = ()) -> str:
+    """The table over runs and draws (statistics.repeat_summary) under a heading line, with its note; with the
+    paired `statistics`, the summary against the reference (statistics.summary_cells) before it."""
+    from nnunet_ssl.evaluation.statistics import REPEATS_NOTE, SUMMARY_NOTE, repeat_cells, summary_cells
 
-    return f"Over runs and draws\n\n{markdown(*repeat_cells(summary))}\n\n{REPEATS_NOTE}"
+    header, cells = summary_cells(summary, statistics)
+    first = f"Summary\n\n{markdown(header, cells)}\n\n{SUMMARY_NOTE}\n\n## " if statistics else ""
+    return f"{first}Over runs and draws\n\n{markdown(*repeat_cells(summary))}\n\n{REPEATS_NOTE}"
 
 
 def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboard", statistics: List[dict] = None,
@@ -276,7 +279,7 @@ def write_leaderboard(rows: List[dict], out_folder: str, title: str = "Leaderboa
              "paired_csv": os.path.join(out_folder, "paired_statistics.csv"),
              "paired_json": os.path.join(out_folder, "paired_statistics.json")}
     paired = f"\n\n## {statistics_markdown(statistics)}" if statistics else ""
-    over = f"## {repeats_markdown(repeats)}\n\n## Each draw and run\n\n" if repeats else ""
+    over = f"## {repeats_markdown(repeats, statistics)}\n\n## Each draw and run\n\n" if repeats else ""
     write_text(files["markdown"], f"# {title}\n\n{over}{markdown_table(rows)}\n\n{LEADERBOARD_NOTE}{paired}\n")
     if repeats:
         files["repeats"] = os.path.join(out_folder, "repeats.json")

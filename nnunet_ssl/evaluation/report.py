@@ -125,14 +125,18 @@ def write_report(path: str, title: str, rows: Sequence[dict] = (), statistics: S
     commands: the command lines that made the results (strings, or argument lists: quoted here);
     versions: name -> version (default: software_versions());
     notes: paragraphs of plain text under the title;
-    repeats: nnunet_ssl.evaluation.statistics.repeat_summary(rows) (a benchmark's runs and draws), shown first.
+    repeats: nnunet_ssl.evaluation.statistics.repeat_summary(rows) (a benchmark's runs and draws), shown first,
+        after the summary against the reference where `statistics` has entries.
     A figure whose file does not exist is named as missing, not skipped silently."""
     from nnunet_ssl.evaluation.leaderboard import LEADERBOARD_NOTE, table_cells
     from nnunet_ssl.evaluation.statistics import (DIFFERENCE_COLUMN, INTERVAL_COLUMN, REPEATS_NOTE, STATISTICS_NOTE,
-                                                  repeat_cells, statistics_cells)
+                                                  SUMMARY_NOTE, repeat_cells, statistics_cells, summary_cells)
 
     versions = software_versions() if versions is None else versions
     sections = []  # (anchor, heading, body)
+    if repeats and statistics:
+        sections.append(("summary", "Summary", html_table(*summary_cells(list(repeats), statistics)) +
+                         f"<p class=\"note\">{_e(SUMMARY_NOTE)}</p>"))
     if repeats:
         sections.append(("repeats", "Over runs and draws", html_table(*repeat_cells(list(repeats))) +
                          f"<p class=\"note\">{_e(REPEATS_NOTE)}</p>"))

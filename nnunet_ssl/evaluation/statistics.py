@@ -270,6 +270,55 @@ REPEATS_NOTE = ("Over the draws (labeled cases drawn with different seeds; draw 
                 "Dice, median Dice and failed cases; per draw: the mean over its runs, draws in order 1, 2, ...")
 
 
+def summary_cells(summary: Sequence[dict], statistics: Sequence[dict]):
+    """(header, rows of cell strings) of the one table a benchmark with runs and draws is read from: per trainer of
+    `summary` (repeat_summary), its results over the draws and runs, and against the reference (`statistics`:
+    paired_statistics + pooled_statistics) the pooled paired difference, the pairs better / worse by more than
+    CHANGE_DICE, its failed cases and the reference's in each draw (the runs both have, summed), and the pairs worse
+    by more than CHANGE_DICE per 20: whether a gain rescues failures without damaging the good cases."""
+    paired = [s for s in statistics if s.get("paired", True)]
+    reference = paired[0]["reference"] if paired else "the reference"
+    pooled = {s["trainer"]: s for s in paired if s.get("draw") == POOLED}
+    failed_by_draw: Dict[str, Dict[str, list]] = {}  # trainer -> draw -> [failed, failed by the reference]
+    for s in paired:
+        if s.get("draw") not in (None, POOLED):
+            counts = failed_by_draw.setdefault(s["trainer"], {}).setdefault(str(s["draw"]), [0, 0])
+            counts[0] += s["failed"]
+            counts[1] += s["failed_reference"]
+    change = f"{CHANGE_DICE * 100:g}"
+    header = ["trainer", "draws x runs", "mean Dice", "median Dice", "failed per draw",
+              f"paired to {reference}, pooled (points, 95% CI, Wilcoxon p)",
+              f"better / worse > {change} (larger)", f"failed / {reference}'s, per draw",
+              f"worse > {change} per 20 pairs"]
+    cells = []
+    for r in summary:
+        s = pooled.get(r["trainer"])
+        row = [r["trainer"], f"{len(r['draws'])} x {len(r['runs'])}",
+               f"{r['Dice_mean_mean']:.4f} ± {r['Dice_mean_std']:.4f}", f"{r['Dice_median_mean']:.4f}",
+               " / ".join(f"{v:g}" for v in r["failed_cases_per_draw"].values())]
+        if s is None:
+            cells.append(row + [""] * (len(header) - len(row)))
+            continue
+        larger = f" ({s['better_larger']} / {s['worse_larger']})" if "worse_larger" in s else ""
+        failed = failed_by_draw.get(r["trainer"], {})
+        cells.append(row + [
+            f"{100 * s['mean_difference']:+.2f} ({100 * s['ci_low']:+.2f} to {100 * s['ci_high']:+.2f}), "
+            f"p = {_p(s['wilcoxon_p'])}",
+            f"{s['better']} / {s['worse']}{larger}",
+            ", ".join(f"{mine} / {theirs}" for mine, theirs in failed.values()),
+            f"{20 * s['worse'] / s['n_cases']:.1f}"])
+    return header, cells
+
+
+SUMMARY_NOTE = (f"Results: mean ± std over the draws and runs of each result's mean Dice; median Dice: the mean of "
+                f"the results' medians; failed (Dice < {FAILED_DICE}) per draw: the mean over its runs. Paired, "
+                f"pooled: the per-case differences of every draw and run pooled (interval and Wilcoxon over each "
+                f"test case's mean difference); better / worse: pairs more than {CHANGE_DICE * 100:g} points above "
+                f"/ below the reference, (larger): of those, the pairs the trainer segments larger than the "
+                f"reference; failed per draw: the trainer's and the reference's failed cases summed over the runs of "
+                f"that draw both have.")
+
+
 def _per_case(row: dict) -> Dict[str, float]:
     ids = row["case_ids"]
     if len(set(ids)) != len(ids):
