@@ -278,11 +278,11 @@ def summary_cells(summary: Sequence[dict], statistics: Sequence[dict]):
     by more than CHANGE_DICE per 20: whether a gain rescues failures without damaging the good cases."""
     paired = [s for s in statistics if s.get("paired", True)]
     reference = paired[0]["reference"] if paired else "the reference"
-    pooled = {s["trainer"]: s for s in paired if s.get("draw") == POOLED}
-    failed_by_draw: Dict[str, Dict[str, list]] = {}  # trainer -> draw -> [failed, failed by the reference]
+    pooled = {(s["trainer"], s["evaluation"]): s for s in paired if s.get("draw") == POOLED}
+    failed_by_draw: Dict[tuple, Dict[str, list]] = {}  # (trainer, evaluation) -> draw -> [failed, the reference's]
     for s in paired:
         if s.get("draw") not in (None, POOLED):
-            counts = failed_by_draw.setdefault(s["trainer"], {}).setdefault(str(s["draw"]), [0, 0])
+            counts = failed_by_draw.setdefault((s["trainer"], s["evaluation"]), {}).setdefault(str(s["draw"]), [0, 0])
             counts[0] += s["failed"]
             counts[1] += s["failed_reference"]
     change = f"{CHANGE_DICE * 100:g}"
@@ -292,7 +292,8 @@ def summary_cells(summary: Sequence[dict], statistics: Sequence[dict]):
               f"worse > {change} per 20 pairs"]
     cells = []
     for r in summary:
-        s = pooled.get(r["trainer"])
+        key = (r["trainer"], r["evaluation"])
+        s = pooled.get(key)
         row = [r["trainer"], f"{len(r['draws'])} x {len(r['runs'])}",
                f"{r['Dice_mean_mean']:.4f} ± {r['Dice_mean_std']:.4f}", f"{r['Dice_median_mean']:.4f}",
                " / ".join(f"{v:g}" for v in r["failed_cases_per_draw"].values())]
@@ -300,7 +301,7 @@ def summary_cells(summary: Sequence[dict], statistics: Sequence[dict]):
             cells.append(row + [""] * (len(header) - len(row)))
             continue
         larger = f" ({s['better_larger']} / {s['worse_larger']})" if "worse_larger" in s else ""
-        failed = failed_by_draw.get(r["trainer"], {})
+        failed = failed_by_draw.get(key, {})
         cells.append(row + [
             f"{100 * s['mean_difference']:+.2f} ({100 * s['ci_low']:+.2f} to {100 * s['ci_high']:+.2f}), "
             f"p = {_p(s['wilcoxon_p'])}",
