@@ -23,7 +23,7 @@ draw and run; pooled_statistics pools the pairs (same case, same draw, same run)
 and Wilcoxon test use each test case's mean difference over the draws and runs (the case is the independent
 unit; treating its draws and runs as independent cases would make the interval too narrow). repeat_summary gives
 each trainer's mean, standard deviation (ddof 1) and range of its results' mean Dice, median Dice and failed cases
-over the draws and runs.
+over the draws and runs; summary_cells puts both in the one table a benchmark is read from.
 """
 import sys
 import warnings
