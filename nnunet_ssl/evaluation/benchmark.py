@@ -19,7 +19,8 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    cases were trained on). Every draw's run 1 comes before any run 2;
 3. the leaderboard of each draw and run in its folder, and of all of them at the top: first a summary (per
    trainer its results and, against the reference, the pooled paired difference, better / worse pairs, failed
-   cases per draw: statistics.summary_cells), then the table over runs and draws (per trainer: mean, std and range of mean Dice, median Dice and failed cases), every result, the paired
+   cases per draw: statistics.summary_cells), then the table over runs and draws (per trainer: mean, std and
+   range of mean Dice, median Dice and failed cases), every result, the paired
    per-case differences to the reference trainer (--reference) in each draw and run and pooled over all of them
    (paired_statistics.csv/.json), overlays.png (image, ground truth and each trainer's prediction of the test
    cases, the reference's worst first), paired_overlays_<trainer>.png (the cases where the trainer loses most

@@ -35,6 +35,7 @@ from nnunet_ssl.evaluation.metrics import FAILED_DICE
 from nnunet_ssl.utilities.inputs import UserError
 
 CHANGE_DICE = 0.05  # a case counts as better / worse by more than this much Dice (5 points)
+CHANGE_POINTS = f"{CHANGE_DICE * 100:g}"  # the same in Dice points, as the tables print it
 N_RESAMPLES = 10000
 CONFIDENCE = 0.95
 DIFFERENCE_COLUMN = "mean difference (points)"
@@ -285,11 +286,10 @@ def summary_cells(summary: Sequence[dict], statistics: Sequence[dict]):
             counts = failed_by_draw.setdefault((s["trainer"], s["evaluation"]), {}).setdefault(str(s["draw"]), [0, 0])
             counts[0] += s["failed"]
             counts[1] += s["failed_reference"]
-    change = f"{CHANGE_DICE * 100:g}"
     header = ["trainer", "draws x runs", "mean Dice", "median Dice", "failed per draw",
               f"paired to {reference}, pooled (points, 95% CI, Wilcoxon p)",
-              f"better / worse > {change} (larger)", f"failed / {reference}'s, per draw",
-              f"worse > {change} per 20 pairs"]
+              f"better / worse > {CHANGE_POINTS} (larger)", f"failed / {reference}'s, per draw",
+              f"worse > {CHANGE_POINTS} per 20 pairs"]
     cells = []
     for r in summary:
         key = (r["trainer"], r["evaluation"])
@@ -314,7 +314,7 @@ def summary_cells(summary: Sequence[dict], statistics: Sequence[dict]):
 SUMMARY_NOTE = (f"Results: mean ± std over the draws and runs of each result's mean Dice; median Dice: the mean of "
                 f"the results' medians; failed (Dice < {FAILED_DICE}) per draw: the mean over its runs. Paired, "
                 f"pooled: the per-case differences of every draw and run pooled (interval and Wilcoxon over each "
-                f"test case's mean difference); better / worse: pairs more than {CHANGE_DICE * 100:g} points above "
+                f"test case's mean difference); better / worse: pairs more than {CHANGE_POINTS} points above "
                 f"/ below the reference, (larger): of those, the pairs the trainer segments larger than the "
                 f"reference; failed per draw: the trainer's and the reference's failed cases summed over the runs of "
                 f"that draw both have.")
@@ -344,7 +344,7 @@ def statistics_cells(stats: Sequence[dict]):
     repeats = any(s.get("draw") is not None for s in stats)
     header = ["dataset", "evaluation"] + (["draw", "run"] if repeats else []) + [
         "trainer", "reference", "cases", "mean Dice", "reference mean Dice", DIFFERENCE_COLUMN, INTERVAL_COLUMN,
-        "Wilcoxon p", f"better > {CHANGE_DICE * 100:g}", f"worse > {CHANGE_DICE * 100:g}",
+        "Wilcoxon p", f"better > {CHANGE_POINTS}", f"worse > {CHANGE_POINTS}",
         "better: larger / smaller", "worse: larger / smaller", f"failed (< {FAILED_DICE})", "failed reference",
         "rescued", "newly failed"]
     cells = []
@@ -374,7 +374,7 @@ def _by_size(entry: dict, which: str) -> str:
 STATISTICS_NOTE = (f"Paired per-case differences of test or cross-validation Dice (trainer minus reference, in Dice "
                    f"points), cases paired by id; {int(CONFIDENCE * 100)}% CI: percentile bootstrap of the mean "
                    f"difference ({N_RESAMPLES} resamples, seeded); Wilcoxon: two-sided signed-rank test; better / "
-                   f"worse: cases more than {CHANGE_DICE * 100:g} points above / below the reference; larger / "
+                   f"worse: cases more than {CHANGE_POINTS} points above / below the reference; larger / "
                    f"smaller: of those, the cases the trainer segments larger / smaller than the reference; rescued: "
                    f"failed (Dice < {FAILED_DICE}) by the reference, not by the trainer; newly failed: the reverse. "
                    f"Draw and run {POOLED}: the pairs of every draw and run pooled, interval and Wilcoxon over each test "
