@@ -414,4 +414,77 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
         benchmark.run_benchmark(**{**args, "trainers": ["C"]}, runs=2, report_only=True)
     with pytest.raises(benchmark.BenchmarkError, match="holds no benchmark"):
         benchmark.run_benchmark(**{**args, "out": str(tmp_path / "elsewhere")}, report_only=True)
+
+    # --postprocess: the same records evaluated again after nnU-Net's postprocessing, tables apart, nothing trained
+    with pytest.raises(benchmark.BenchmarkError, match="--postprocess largest: one of largest-foreground"):
+        benchmark.run_benchmark(**args, runs=2, report_only=True, postprocess="largest")
+    predicted = json.load(open(out / "draw_1" / "run_1" / "records" / "B.json"))["summary_file"]
+    first = os.path.join(os.path.dirname(predicted),
+                         sorted(f for f in os.listdir(os.path.dirname(predicted)) if f.endswith(".png"))[0])
+    wrong = _label_of(os.path.dirname(first), os.path.basename(first)[:-4])
+    wrong[:13] = 1  # a blob larger than the lesion, apart from it: the postprocessing keeps it (Dice 0)
+    _png(first, wrong)
+    benchmark.run_benchmark(**args, runs=2, upper_bound=True, report_only=True, postprocess="largest-foreground")
+    assert len(ran) == before
+    postprocessed = out / "postprocessed_largest-foreground"
+    assert "postprocessed: all but the largest connected foreground component removed" in \
+        (postprocessed / "leaderboard.md").read_text(encoding="utf-8")
+    assert "--postprocess largest-foreground" in (postprocessed / "report.html").read_text(encoding="utf-8")
+    assert (out / "draw_2" / "run_2" / "postprocessed_largest-foreground" / "B" / "summary_ssl.json").is_file()
+    assert (out / "draw_all" / "run_1" / "postprocessed_largest-foreground" / "nnUNetTrainer").is_dir()
+    repeats = {s["trainer"]: s for s in json.load(open(postprocessed / "repeats.json"))}
+    assert repeats["B"]["Dice_mean_per_draw"] == {"1": 0.75, "2": 0.5}  # raw: 1.0 and 0.5
+    assert repeats["nnUNetTrainer"] == {s["trainer"]: s for s in json.load(open(out / "repeats.json"))}[
+        "nnUNetTrainer"]  # one square per case: nothing removed
     assert tree(dataset_2d) == source
+
+
+# ---------------------------------------------------------------------- --postprocess
+def test_postprocessing_keeps_the_largest_component_of_the_foreground_or_of_each_class():
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
+
+    from nnunet_ssl.evaluation.benchmark import postprocessing_steps
+
+    dataset_json = {"labels": {"background": 0, "liver": 1, "kidney": 2}}
+    seg = np.zeros((12, 12), np.uint8)
+    seg[0:4, 0:4] = 1  # the liver, and a stray speck of it
+    seg[10, 10] = 1
+    seg[6:8, 0:2] = 2  # a kidney, apart from the liver, and a smaller second blob of kidney
+    seg[6, 10] = 2
+    whole = apply_postprocessing(seg, *postprocessing_steps("largest-foreground", dataset_json))
+    assert whole.sum() == seg[0:4, 0:4].sum() and not (whole == 2).any()  # one component of all foreground left
+    each = apply_postprocessing(seg, *postprocessing_steps("largest-per-class", dataset_json))
+    assert each[10, 10] == 0 and each[6, 10] == 0 and (each[0:4, 0:4] == 1).all() and (each[6:8, 0:2] == 2).all()
+
+
+def test_postprocessed_summary_is_written_apart_and_redone_only_for_newer_predictions(tmp_path):
+    from nnunet_ssl.evaluation.benchmark import postprocessed_summary
+    from nnunet_ssl.evaluation.metrics import evaluate_folder
+
+    raw, out = tmp_path / "raw", tmp_path / "bench"
+    predictions = out / "draw_1" / "run_1" / "nnUNet_results" / "test_predictions_fold_all"
+    lesion = np.pad(np.ones((8, 8)), 8)
+    for case in ("t0", "t1"):
+        _png(str(raw / "labelsTs" / f"{case}.png"), lesion)
+        stray = lesion.copy()
+        if case == "t1":
+            stray[0:2, 0:2] = 1  # a speck apart from the lesion: Dice 128 / 132
+        _png(str(predictions / f"{case}.png"), stray)
+    dataset_json = {"labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}
+    source = predictions / "summary_ssl.json"
+    evaluate_folder(str(raw / "labelsTs"), str(predictions), dataset_json, str(source), 1.0, 1)
+    before = tree(str(predictions))
+    record = {"trainer": "T", "draw": 1, "run": 1, "summary_file": str(source)}
+    summary_file = postprocessed_summary(record, str(out), "largest-foreground", str(raw), dataset_json, 1.0, 1)
+    assert summary_file == str(out / "draw_1" / "run_1" / "postprocessed_largest-foreground" / "T" / "summary_ssl.json")
+    assert json.load(open(source))["case_mean_dice"][1] == pytest.approx(128 / 132)
+    assert json.load(open(summary_file))["case_mean_dice"] == [1.0, 1.0]
+    assert tree(str(predictions)) == before and sorted(os.listdir(os.path.dirname(os.path.dirname(summary_file)))) \
+        == ["T"]  # the predictions untouched, no partial folder left
+    written = os.stat(summary_file).st_mtime_ns
+    assert postprocessed_summary(record, str(out), "largest-foreground", str(raw), dataset_json, 1.0, 1) == summary_file
+    assert os.stat(summary_file).st_mtime_ns == written  # up to date: kept
+    _png(str(predictions / "t0.png"), np.zeros_like(lesion))  # predicted again (a new model): evaluated again
+    evaluate_folder(str(raw / "labelsTs"), str(predictions), dataset_json, str(source), 1.0, 1)
+    postprocessed_summary(record, str(out), "largest-foreground", str(raw), dataset_json, 1.0, 1)
+    assert json.load(open(summary_file))["case_mean_dice"] == [0.0, 1.0]

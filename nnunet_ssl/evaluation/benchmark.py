@@ -25,7 +25,10 @@ For a raw dataset with imagesUnlabeled/ and a test set (imagesTs + labelsTs), in
    (paired_statistics.csv/.json), overlays.png (image, ground truth and each trainer's prediction of the test
    cases, the reference's worst first), paired_overlays_<trainer>.png (the cases where the trainer loses most
    against the reference, then those it gains most on, with Dice and predicted / true size) and report.html, one
-   self-contained page of all of it with the training curves, commands and versions.
+   self-contained page of all of it with the training curves, commands and versions;
+4. --postprocess KIND: every record's test predictions once more after one of nnU-Net's postprocessings
+   (POSTPROCESSING), the same for every trainer, fixed beforehand, and the tables of all draws and runs of those in
+   postprocessed_<KIND>/ (the predictions and the other tables stay as they are).
 
 Resumable: a trainer with a record is not re-run; a trainer whose training finished is not re-trained; an
 interrupted training continues from its latest checkpoint (--c; written after every epoch). The budget is fixed
@@ -57,6 +60,9 @@ Output folder layout (stable; the project's issues report numbers from it):
   leaderboard.md, leaderboard.csv, repeats.json, paired_statistics.{csv,json}, dice_per_case.png,
   paired_differences.png, report.html
                                  all draws and runs (overlays and training curves: those of draw 1, run 1)
+  draw_<k>/run_<r>/postprocessed_<KIND>/<trainer>/   (--postprocess) the postprocessed test cases + summary_ssl.json
+                                 (redone when the predictions' summary is newer)
+  postprocessed_<KIND>/leaderboard.md, ... report.html   (--postprocess) all draws and runs, postprocessed
 """
 import json
 import os
@@ -72,6 +78,9 @@ RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterati
                "peak_rss_gb", "peak_gpu_gb", "summary_file", "Dice_mean", "Dice_median", "failed_cases")
 # benchmark.json keys that may change between calls
 REPEATS = ("runs", "draws", "draw_labels", "labeled_cases", "pool_labels", "upper_bound")
+# --postprocess: nnU-Net's two candidate postprocessings, as nnUNetv2_determine_postprocessing tries them
+POSTPROCESSING = {"largest-foreground": "all but the largest connected foreground component removed",
+                  "largest-per-class": "all but the largest connected component of each class removed"}
 
 
 class BenchmarkError(UserError):
@@ -272,6 +281,50 @@ def record_path(sub: str, trainer: str) -> str:
     return os.path.join(sub, "records", f"{trainer}.json")
 
 
+def postprocessing_steps(kind: str, dataset_json: dict) -> tuple:
+    """(pp_fns, pp_fn_kwargs) of nnU-Net's postprocessing `kind` (POSTPROCESSING), for
+    nnunetv2.postprocessing.remove_connected_components.apply_postprocessing."""
+    from nnunetv2.postprocessing.remove_connected_components import \
+        remove_all_but_largest_component_from_segmentation as keep_largest
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    labels = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+    if kind == "largest-foreground":  # every foreground class as one mask, as nnU-Net's keep_largest_fg
+        return [keep_largest], [{"labels_or_regions": labels.foreground_labels}]
+    each = labels.foreground_regions if labels.has_regions else labels.foreground_labels
+    return [keep_largest] * len(each), [{"labels_or_regions": c} for c in each]
+
+
+def postprocessed_summary(record: dict, out: str, kind: str, raw: str, dataset_json: dict, nsd_tolerance: float,
+                          num_processes: int) -> str:
+    """The summary file of `record`'s test predictions postprocessed by `kind`, in <draw_k/run_r>/postprocessed_<kind>/
+    <trainer>/: written when missing or older than the predictions' summary (nnU-Net's load_postprocess_save for
+    each case into a hidden folder, renamed, then evaluated); the predictions themselves are left as they are."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
+
+    from nnunet_ssl.evaluation.metrics import evaluate_folder
+
+    parent = os.path.join(run_folder(out, record["draw"], record["run"]), f"postprocessed_{kind}")
+    folder = os.path.join(parent, record["trainer"])
+    summary_file = os.path.join(folder, "summary_ssl.json")
+    if os.path.isfile(summary_file) and os.path.getmtime(summary_file) >= os.path.getmtime(record["summary_file"]):
+        return summary_file
+    predictions = os.path.dirname(record["summary_file"])
+    cases = sorted(f for f in os.listdir(predictions) if f.endswith(dataset_json["file_ending"]))
+    partial = os.path.join(parent, f".{record['trainer']}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    io = determine_reader_writer_from_dataset_json(dataset_json, os.path.join(predictions, cases[0]), verbose=False)()
+    steps = postprocessing_steps(kind, dataset_json)
+    for case in cases:
+        load_postprocess_save(os.path.join(predictions, case), os.path.join(partial, case), io, *steps)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    evaluate_folder(os.path.join(raw, "labelsTs"), folder, dataset_json, summary_file, nsd_tolerance, num_processes)
+    return summary_file
+
+
 def run_folder(out: str, draw: int, run: int) -> str:
     """The folder of one draw and run of the benchmark in `out`."""
     return os.path.join(out, f"draw_{draw}", f"run_{run}")
@@ -281,7 +334,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                   out: str = None, val_iterations: int = None, device: str = "cpu", plans: str = "nnUNetPlans",
                   nsd_tolerance: float = 1.0, num_processes: int = 2, reference: str = None, runs: int = 1,
                   draws: int = 1, draw_labels: str = None, pool_labels: str = None, upper_bound: bool = False,
-                  report_only: bool = False) -> str:
+                  report_only: bool = False, postprocess: str = None) -> str:
     """Run (or resume) the benchmark; returns the leaderboard Markdown. `reference`: the trainer the others are
     compared with case by case (default: nnUNetTrainer if listed, else the first). `runs`: independent trainings
     of each trainer per draw; `draws`: labeled draws (1: the dataset as given; more need `draw_labels`, a folder
@@ -289,7 +342,9 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     audit (nnunet_ssl.evaluation.pool_audit; the last epoch's summary goes into the record). `upper_bound`: the
     reference also trains with every training case labeled (labels from `draw_labels`), once per run.
     `report_only`: prepare, train and predict nothing; the tables of the records the folder has (of these trainers,
-    draws and runs), the missing ones named (a long benchmark's state while it runs, or a partial matrix)."""
+    draws and runs), the missing ones named (a long benchmark's state while it runs, or a partial matrix).
+    `postprocess`: also the tables of the test predictions postprocessed by one of nnU-Net's postprocessings
+    (POSTPROCESSING), the same for every trainer, in postprocessed_<kind>/."""
     from tqdm import tqdm
 
     from nnunet_ssl.evaluation.leaderboard import (TEST_PREFIX, dataset_counts, make_row, markdown_table,
@@ -308,6 +363,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     if reference is not None and reference not in trainers:
         raise BenchmarkError(f"--reference {reference} is not one of the trainers (-tr {' '.join(trainers)})")
     reference = reference or default_reference(list(trainers))
+    if postprocess is not None and postprocess not in POSTPROCESSING:
+        raise BenchmarkError(f"--postprocess {postprocess}: one of {', '.join(POSTPROCESSING)}")
     if runs < 1 or draws < 1:
         raise BenchmarkError(f"--runs {runs} --draws {draws}: both must be at least 1")
     if draws > 1 and not draw_labels:
@@ -397,7 +454,10 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
     budget = f"{epochs} epochs x {iterations} iterations, fold {fold}, {device}"
     command = benchmark_command(name, configuration, trainers, epochs, iterations, fold, out, val_iterations,
                                 device, plans, nsd_tolerance, num_processes, reference, runs, draws, draw_labels,
-                                pool_labels, upper_bound)
+                                pool_labels, upper_bound, postprocess)
+
+    if report_only and not records:
+        raise BenchmarkError(f"--report-only: {out} has no record of {', '.join(trainers)} yet")
 
     def row_of(record):
         return make_row(_read_json(record["summary_file"]), **{k: record[k] for k in RECORD_KEYS if k not in
@@ -406,37 +466,83 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                         model_folder=os.path.join(run_folder(out, record["draw"], record["run"]), "nnUNet_results",
                                                   record["dataset"], f"{record['trainer']}__{plans}__{configuration}"))
 
-    if report_only and not records:
-        raise BenchmarkError(f"--report-only: {out} has no record of {', '.join(trainers)} yet")
-    # the upper bound of each run, named apart from the reference it is trained as
-    upper = {r["run"]: {**row_of(r), "trainer": f"{reference} (all {r['n_labeled']} labeled)"}
-             for r in records if r["draw"] == ALL_LABELED}
+    def report(records, kind):
+        """The tables of `records`. kind None: of the predictions as nnUNetv2_predict wrote them, each draw and run's
+        leaderboard, overlays and paired sheets in its folder and the tables of all at the top; else of the
+        predictions postprocessed by `kind`: the tables of all in postprocessed_<kind>/."""
+        # the upper bound of each run, named apart from the reference it is trained as
+        upper = {r["run"]: {**row_of(r), "trainer": f"{reference} (all {r['n_labeled']} labeled)"}
+                 for r in records if r["draw"] == ALL_LABELED}
 
-    def upper_beside(draw, run):
-        """The upper bound of `run` as a row of `draw`: the statistics pair it with that draw's reference."""
-        return [{**upper[run], "dataset": datasets[draw][0], "draw": draw}] if run in upper else []
+        def upper_beside(draw, run):
+            """The upper bound of `run` as a row of `draw`: the statistics pair it with that draw's reference."""
+            return [{**upper[run], "dataset": datasets[draw][0], "draw": draw}] if run in upper else []
 
-    rows, overlays = [], {}
-    for run, draw in jobs:  # the leaderboard of each draw and run in its folder
-        if draw == ALL_LABELED or draw not in datasets:
-            continue
+        rows, overlays = [], {}
+        for run, draw in jobs:
+            if draw == ALL_LABELED or draw not in datasets:
+                continue
+            mine = [row_of(r) for r in records if (r["draw"], r["run"]) == (draw, run)]
+            rows += mine
+            if kind is None:
+                overlays.update(write_run_report(run, draw, mine, upper_beside(draw, run)))
+        test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows + list(upper.values())}
+        if len(test_sets) > 1:  # one test set for every trainer, draw and run: anything else is a broken benchmark
+            raise BenchmarkError(f"{out}: the records were evaluated on different test sets: " + "; ".join(
+                f"{t} (draw {d}, run {r}): {len(cases)} cases, e.g. {list(cases[:2])}"
+                for cases, (t, d, r) in test_sets.items()))
+        paired_rows = rows + [u for run, draw in jobs if draw != ALL_LABELED and draw in datasets
+                              for u in upper_beside(draw, run)]
+        statistics = paired_statistics(paired_rows, reference) + pooled_statistics(paired_rows, reference)
+        rows += list(upper.values())
+        repeats = repeat_summary(rows)
+        env = child_env(out)
+        logged = [c for draw in draw_keys for c in logged_commands(os.path.join(out, f"draw_{draw}"), ())] + \
+            [c for run, draw in jobs for c in logged_commands(run_folder(out, draw, run), trainers)]
+        sheets = {} if kind is not None else {  # of the predictions as written
+            **({f"Overlays of draw 1, run 1: test cases, worst of {reference} first (each draw_<k>/run_<r>/ has its "
+                f"own)": overlays[(1, 1)]} if (1, 1) in overlays else {}),
+            **{f"Draw 1, run 1: {t} against {reference}, its largest losses, then its largest gains": sheet
+               for t in trainers if os.path.isfile(sheet := os.path.join(run_folder(out, 1, 1),
+                                                                         f"paired_overlays_{t}.png"))}}
+        evaluated = "" if kind is None else f", test predictions postprocessed: {POSTPROCESSING[kind]}"
+        files = write_leaderboard(
+            rows, out if kind is None else os.path.join(out, f"postprocessed_{kind}"),
+            f"Benchmark: {name} {configuration}, {budget}, {draws} draw(s) x {runs} run(s){evaluated}", statistics,
+            sheets,
+            training_curves={f"{r['trainer']}, draw {r['draw']}, run 1": os.path.join(r["model_folder"], f"fold_{fold}")
+                             for r in rows if r["run"] == 1 and r["draw"] in (1, ALL_LABELED)},
+            commands=[command, f"# which ran, with nnUNet_results=<draw_k/run_r>/nnUNet_results (draws 2.. and "
+                               f"all: nnUNet_raw and nnUNet_preprocessed in draw_k/) and "
+                               f"nnUNet_extTrainer={env['nnUNet_extTrainer']}:"] + logged,
+            repeats=repeats)
+        if (1, 1) in overlays:
+            files["overlays"] = overlays[(1, 1)]
+        table = markdown_table(rows)
+        print(("" if kind is None else f"\n# Postprocessed: {POSTPROCESSING[kind]}\n") +
+              f"\n{repeats_markdown(repeats, statistics)}\n\n{table}" +
+              (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
+        if missing:
+            print(f"\nnot in the tables (--report-only; no record yet): {', '.join(missing)}")
+        print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
+        return table
+
+    def write_run_report(run, draw, mine, beside) -> dict:
+        """The leaderboard, overlays and paired sheets of one draw and run in its folder, written again only when
+        its records or trainers changed (an added run leaves the others as they are); {(draw, run): overlays}."""
         draw_dataset, draw_raw = datasets[draw][:2]
         sub = run_folder(out, draw, run)
-        mine = [row_of(r) for r in records if (r["draw"], r["run"]) == (draw, run)]
-        rows += mine
         present = [t for t in trainers if any(r["trainer"] == t for r in mine)]  # all of them unless --report-only
         if reference not in present:  # nothing to pair with nor to order the overlays by
-            continue
-        beside = upper_beside(draw, run)
-        overlays[(draw, run)] = os.path.join(sub, "overlays.png")
-        # written again only when its records or trainers changed (an added run leaves the others as they are)
+            return {}
+        overlays = os.path.join(sub, "overlays.png")
         stamp = {"trainers": present, "reference": reference, "paired_sheets": True, "records": [
             os.stat(record_path(sub, t)).st_mtime_ns for t in present],
             "upper_bound": os.stat(record_path(run_folder(out, ALL_LABELED, run), reference)).st_mtime_ns
-            if run in upper else None}
+            if beside else None}
         stamp_file = os.path.join(sub, "leaderboard_of.json")
         if _read_json(stamp_file) == stamp and os.path.isfile(os.path.join(sub, "report.html")):
-            continue
+            return {(draw, run): overlays}
         shown = [reference] + [t for t in present if t != reference]  # worst cases of the reference first
         predictions = {t: os.path.join(sub, "nnUNet_results", draw_dataset, f"{t}__{plans}__{configuration}",
                                        TEST_PREFIX + str(fold)) for t in shown}
@@ -445,8 +551,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         predictions.update({u["trainer"]: os.path.join(u["model_folder"], TEST_PREFIX + str(fold)) for u in beside})
         test_images, test_labels = os.path.join(draw_raw, "imagesTs"), os.path.join(draw_raw, "labelsTs")
         write_contact_sheet(test_images, test_labels, [predictions[t] for t in columns], columns, dataset_json,
-                            overlays[(draw, run)])
-        figures = {f"Overlays: test cases, worst of {reference} first": overlays[(draw, run)]}
+                            overlays)
+        figures = {f"Overlays: test cases, worst of {reference} first": overlays}
         for trainer in shown[1:]:  # where each trainer differs most from the reference: what its gain is made of
             paired_sheet = os.path.join(sub, f"paired_overlays_{trainer}.png")
             if write_contact_sheet(test_images, test_labels, [predictions[reference], predictions[trainer]],
@@ -457,53 +563,28 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
                           paired_statistics(board, reference), figures,
                           commands=[command] + logged_commands(sub, present))
         write_json(stamp_file, stamp)
-    test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows + list(upper.values())}
-    if len(test_sets) > 1:  # one test set for every trainer, draw and run: anything else is a broken benchmark
-        raise BenchmarkError(f"{out}: the records were evaluated on different test sets: " + "; ".join(
-            f"{t} (draw {d}, run {r}): {len(cases)} cases, e.g. {list(cases[:2])}"
-            for cases, (t, d, r) in test_sets.items()))
-    paired_rows = rows + [u for run, draw in jobs if draw != ALL_LABELED and draw in datasets
-                          for u in upper_beside(draw, run)]
-    statistics = paired_statistics(paired_rows, reference) + pooled_statistics(paired_rows, reference)
-    rows += list(upper.values())
-    repeats = repeat_summary(rows)
-    env = child_env(out)
-    logged = [c for draw in draw_keys for c in logged_commands(os.path.join(out, f"draw_{draw}"), ())] + \
-        [c for run, draw in jobs for c in logged_commands(run_folder(out, draw, run), trainers)]
-    files = write_leaderboard(
-        rows, out, f"Benchmark: {name} {configuration}, {budget}, {draws} draw(s) x {runs} run(s)", statistics,
-        {**({f"Overlays of draw 1, run 1: test cases, worst of {reference} first (each draw_<k>/run_<r>/ has its "
-             f"own)": overlays[(1, 1)]} if (1, 1) in overlays else {}),
-         **{f"Draw 1, run 1: {t} against {reference}, its largest losses, then its largest gains": sheet
-            for t in trainers if os.path.isfile(sheet := os.path.join(run_folder(out, 1, 1),
-                                                                      f"paired_overlays_{t}.png"))}},
-        training_curves={f"{r['trainer']}, draw {r['draw']}, run 1": os.path.join(r["model_folder"], f"fold_{fold}")
-                         for r in rows if r["run"] == 1 and r["draw"] in (1, ALL_LABELED)},
-        commands=[command, f"# which ran, with nnUNet_results=<draw_k/run_r>/nnUNet_results (draws 2.. and "
-                           f"all: nnUNet_raw and nnUNet_preprocessed in draw_k/) and "
-                           f"nnUNet_extTrainer={env['nnUNet_extTrainer']}:"] + logged,
-        repeats=repeats)
-    if (1, 1) in overlays:
-        files["overlays"] = overlays[(1, 1)]
-    table = markdown_table(rows)
-    print(f"\n{repeats_markdown(repeats, statistics)}\n\n{table}" +
-          (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
-    if missing:
-        print(f"\nnot in the tables (--report-only; no record yet): {', '.join(missing)}")
-    print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
+        return {(draw, run): overlays}
+
+    table = report(records, None)
+    if postprocess:
+        _say(f"postprocessing the test predictions ({postprocess}) and evaluating them again")
+        table = report([{**r, "summary_file": postprocessed_summary(r, out, postprocess, raw, dataset_json,
+                                                                    nsd_tolerance, num_processes)}
+                        for r in records], postprocess)
     return table
 
 
 def benchmark_command(dataset, configuration, trainers, epochs, iterations, fold, out, val_iterations, device,
                       plans, nsd_tolerance, num_processes, reference, runs=1, draws=1, draw_labels=None,
-                      pool_labels=None, upper_bound=False) -> list:
+                      pool_labels=None, upper_bound=False, postprocess=None) -> list:
     """The `nnunet_ssl benchmark` command line that runs (or resumes) exactly this benchmark."""
     cmd = ["nnunet_ssl", "benchmark", "-d", dataset, "-c", configuration, "-tr", *trainers, "--epochs", epochs,
            "--iters", iterations] + (["--val-iters", val_iterations] if val_iterations else []) + \
         ["-f", fold, "-p", plans, "-o", out, "-device", device, "--nsd-tolerance", nsd_tolerance,
          "-np", num_processes, "--reference", reference, "--runs", runs, "--draws", draws] + \
         (["--draw-labels", os.path.abspath(draw_labels)] if draw_labels else []) + \
-        (["--pool-labels", pool_labels] if pool_labels else []) + (["--upper-bound"] if upper_bound else [])
+        (["--pool-labels", pool_labels] if pool_labels else []) + (["--upper-bound"] if upper_bound else []) + \
+        (["--postprocess", postprocess] if postprocess else [])
     return [str(c) for c in cmd]
 
 
@@ -563,10 +644,18 @@ def parser():
                    help="prepare, train and predict nothing: write the tables of the records the folder already has "
                         "(of -tr, the draws and runs), and name the missing ones (to read a long benchmark while it "
                         "runs, or a partial matrix)")
+    p.add_argument("--postprocess", default=None, choices=list(POSTPROCESSING),
+                   help="also evaluate every trainer's test predictions after one of nnU-Net's postprocessings "
+                        "(largest-foreground: " + POSTPROCESSING["largest-foreground"] + "; largest-per-class: " +
+                        POSTPROCESSING["largest-per-class"] + "), the same for all, fixed beforehand (e.g. one lesion "
+                        "per image), not chosen on the test set: the tables of all draws and runs in "
+                        "OUT/postprocessed_<kind>/; the predictions and the other tables stay as they are; with "
+                        "--report-only too")
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
     run_benchmark(a.d, a.c, a.tr, a.epochs, a.iters, a.f, a.o, a.val_iters, a.device, a.p, a.nsd_tolerance, a.np,
-                  a.reference, a.runs, a.draws, a.draw_labels, a.pool_labels, a.upper_bound, a.report_only)
+                  a.reference, a.runs, a.draws, a.draw_labels, a.pool_labels, a.upper_bound, a.report_only,
+                  a.postprocess)
