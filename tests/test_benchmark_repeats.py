@@ -443,7 +443,7 @@ def test_benchmark_runs_and_draws_layout_records_and_resume(dataset_2d, tmp_path
 def test_postprocessing_keeps_the_largest_component_of_the_foreground_or_of_each_class():
     from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
 
-    from nnunet_ssl.evaluation.benchmark import postprocessing_steps
+    from nnunet_ssl.evaluation.postprocessing import postprocessing_steps
 
     dataset_json = {"labels": {"background": 0, "liver": 1, "kidney": 2}}
     seg = np.zeros((12, 12), np.uint8)
@@ -488,3 +488,30 @@ def test_postprocessed_summary_is_written_apart_and_redone_only_for_newer_predic
     evaluate_folder(str(raw / "labelsTs"), str(predictions), dataset_json, str(source), 1.0, 1)
     postprocessed_summary(record, str(out), "largest-foreground", str(raw), dataset_json, 1.0, 1)
     assert json.load(open(summary_file))["case_mean_dice"] == [0.0, 1.0]
+
+
+def test_write_postprocessing_gives_a_pkl_that_stock_nnunet_applies_and_never_replaces_a_file(tmp_path, capsys):
+    from conftest import refused, run_cli
+
+    from nnunet_ssl.commands.cli import main
+
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text(json.dumps({"labels": {"background": 0, "lesion": 1}, "file_ending": ".png"}))
+    plans = tmp_path / "plans.json"  # what nnUNetv2_apply_postprocessing reads of the plans: the image reader
+    plans.write_text(json.dumps({"image_reader_writer": "NaturalImage2DIO"}))
+    prediction = np.pad(np.ones((8, 8)), 8)
+    prediction[0:2, 0:2] = 1  # a speck apart from the lesion
+    _png(str(tmp_path / "pred" / "t0.png"), prediction)
+    pkl = tmp_path / "postprocessing.pkl"
+    main(["write-postprocessing", "--kind", "largest-foreground", "-djfile", str(dataset_json), "-o", str(pkl)])
+    assert "nnUNetv2_apply_postprocessing" in capsys.readouterr().out
+    run_cli("nnUNetv2_apply_postprocessing", "-i", tmp_path / "pred", "-o", tmp_path / "post", "-pp_pkl_file", pkl,
+            "-np", "1", "-plans_json", plans, "-dataset_json", dataset_json)
+    assert (_label_of(str(tmp_path / "post"), "t0") == np.pad(np.ones((8, 8)), 8)).all()  # the speck removed
+    written = pkl.read_bytes()
+    assert str(pkl) in refused(capsys, ["write-postprocessing", "--kind", "largest-per-class", "-djfile",
+                                        dataset_json, "-o", pkl])
+    assert pkl.read_bytes() == written and sorted(os.listdir(tmp_path)) == \
+        ["dataset.json", "plans.json", "post", "postprocessing.pkl", "pred"]  # no temporary file left
+    assert "no 'labels'" in refused(capsys, ["write-postprocessing", "--kind", "largest-foreground", "-djfile",
+                                             plans, "-o", tmp_path / "other.pkl"])

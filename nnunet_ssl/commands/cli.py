@@ -61,7 +61,8 @@ PASS_THROUGH = {"train": "nnunet_ssl.commands.train", "bench-step": "nnunet_ssl.
                 "leaderboard": "nnunet_ssl.evaluation.leaderboard", "benchmark": "nnunet_ssl.evaluation.benchmark",
                 "overlay": "nnunet_ssl.evaluation.overlay",
                 "predict-uncertainty": "nnunet_ssl.evaluation.uncertainty_maps",
-                "self-train": "nnunet_ssl.commands.self_train"}
+                "self-train": "nnunet_ssl.commands.self_train",
+                "write-postprocessing": "nnunet_ssl.evaluation.postprocessing"}
 
 
 def _printable_on_any_locale():
@@ -124,7 +125,9 @@ def main(argv=None):
                        ("predict-uncertainty", "nnUNetv2_predict plus a per-case uncertainty map (entropy of MC-dropout, "
                                                "mirrored or fold predictions) and uncertainty.csv to rank cases"),
                        ("self-train", "self-training rounds with stock nnU-Net: train, predict the pool (in parts), "
-                                      "build a dataset with pseudo labels, train again (resumable)")):
+                                      "build a dataset with pseudo labels, train again (resumable)"),
+                       ("write-postprocessing", "nnU-Net's postprocessing.pkl for one of its two postprocessings, "
+                                                "for nnUNetv2_apply_postprocessing (no cross-validation needed)")):
         sub.add_parser(name, help=text + f" (nnunet_ssl {name} -h)")
 
     p = sub.add_parser("demo", help="synthetic semi-supervised dataset -> nnUNetTrainer vs SGRS: table, overlays, "

@@ -69,6 +69,7 @@ import os
 import shutil
 import sys
 
+from nnunet_ssl.evaluation.postprocessing import POSTPROCESSING
 from nnunet_ssl.utilities.atomic import write_json
 from nnunet_ssl.utilities.inputs import UserError
 from nnunet_ssl.utilities.runner import run_logged
@@ -78,9 +79,6 @@ RECORD_KEYS = ("trainer", "dataset", "configuration", "fold", "epochs", "iterati
                "peak_rss_gb", "peak_gpu_gb", "summary_file", "Dice_mean", "Dice_median", "failed_cases")
 # benchmark.json keys that may change between calls
 REPEATS = ("runs", "draws", "draw_labels", "labeled_cases", "pool_labels", "upper_bound")
-# --postprocess: nnU-Net's two candidate postprocessings, as nnUNetv2_determine_postprocessing tries them
-POSTPROCESSING = {"largest-foreground": "all but the largest connected foreground component removed",
-                  "largest-per-class": "all but the largest connected component of each class removed"}
 
 
 class BenchmarkError(UserError):
@@ -281,46 +279,19 @@ def record_path(sub: str, trainer: str) -> str:
     return os.path.join(sub, "records", f"{trainer}.json")
 
 
-def postprocessing_steps(kind: str, dataset_json: dict) -> tuple:
-    """(pp_fns, pp_fn_kwargs) of nnU-Net's postprocessing `kind` (POSTPROCESSING), for
-    nnunetv2.postprocessing.remove_connected_components.apply_postprocessing."""
-    from nnunetv2.postprocessing.remove_connected_components import \
-        remove_all_but_largest_component_from_segmentation as keep_largest
-    from nnunetv2.utilities.label_handling.label_handling import LabelManager
-
-    labels = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
-    if kind == "largest-foreground":  # every foreground class as one mask, as nnU-Net's keep_largest_fg
-        return [keep_largest], [{"labels_or_regions": labels.foreground_labels}]
-    each = labels.foreground_regions if labels.has_regions else labels.foreground_labels
-    return [keep_largest] * len(each), [{"labels_or_regions": c} for c in each]
-
-
 def postprocessed_summary(record: dict, out: str, kind: str, raw: str, dataset_json: dict, nsd_tolerance: float,
                           num_processes: int) -> str:
     """The summary file of `record`'s test predictions postprocessed by `kind`, in <draw_k/run_r>/postprocessed_<kind>/
-    <trainer>/: written when missing or older than the predictions' summary (nnU-Net's load_postprocess_save for
-    each case into a hidden folder, renamed, then evaluated); the predictions themselves are left as they are."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
-
+    <trainer>/: written when missing or older than the predictions' summary, then evaluated; the predictions
+    themselves are left as they are."""
     from nnunet_ssl.evaluation.metrics import evaluate_folder
+    from nnunet_ssl.evaluation.postprocessing import postprocess_folder
 
-    parent = os.path.join(run_folder(out, record["draw"], record["run"]), f"postprocessed_{kind}")
-    folder = os.path.join(parent, record["trainer"])
+    folder = os.path.join(run_folder(out, record["draw"], record["run"]), f"postprocessed_{kind}", record["trainer"])
     summary_file = os.path.join(folder, "summary_ssl.json")
     if os.path.isfile(summary_file) and os.path.getmtime(summary_file) >= os.path.getmtime(record["summary_file"]):
         return summary_file
-    predictions = os.path.dirname(record["summary_file"])
-    cases = sorted(f for f in os.listdir(predictions) if f.endswith(dataset_json["file_ending"]))
-    partial = os.path.join(parent, f".{record['trainer']}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    io = determine_reader_writer_from_dataset_json(dataset_json, os.path.join(predictions, cases[0]), verbose=False)()
-    steps = postprocessing_steps(kind, dataset_json)
-    for case in cases:
-        load_postprocess_save(os.path.join(predictions, case), os.path.join(partial, case), io, *steps)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+    postprocess_folder(os.path.dirname(record["summary_file"]), folder, kind, dataset_json)
     evaluate_folder(os.path.join(raw, "labelsTs"), folder, dataset_json, summary_file, nsd_tolerance, num_processes)
     return summary_file
 
