@@ -457,7 +457,8 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
             rows += mine
             if kind is None:
                 overlays.update(write_run_report(run, draw, mine, upper_beside(draw, run)))
-        test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"]) for r in rows + list(upper.values())}
+        test_sets = {tuple(sorted(r["case_ids"])): (r["trainer"], r["draw"], r["run"])
+                     for r in rows + list(upper.values())}
         if len(test_sets) > 1:  # one test set for every trainer, draw and run: anything else is a broken benchmark
             raise BenchmarkError(f"{out}: the records were evaluated on different test sets: " + "; ".join(
                 f"{t} (draw {d}, run {r}): {len(cases)} cases, e.g. {list(cases[:2])}"
