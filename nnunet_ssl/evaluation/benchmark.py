@@ -494,7 +494,7 @@ def run_benchmark(dataset: str, configuration: str, trainers, epochs: int, itera
         print(("" if kind is None else f"\n# Postprocessed: {POSTPROCESSING[kind]}\n") +
               f"\n{repeats_markdown(repeats, statistics)}\n\n{table}" +
               (f"\n\n{statistics_markdown(statistics)}" if statistics else ""))
-        if missing:
+        if missing and kind is None:  # said once, not again under the postprocessed tables
             print(f"\nnot in the tables (--report-only; no record yet): {', '.join(missing)}")
         print("\n" + "\n".join(f"{k}: {v}" for k, v in files.items()))
         return table

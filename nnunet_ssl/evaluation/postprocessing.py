@@ -20,7 +20,7 @@ import os
 import pickle
 from typing import List
 
-from nnunet_ssl.utilities.atomic import atomic_folder
+from nnunet_ssl.utilities.atomic import atomic_folder, write_bytes
 from nnunet_ssl.utilities.inputs import UserError
 
 # nnU-Net's two candidates, in the order nnUNetv2_determine_postprocessing tries them
@@ -64,11 +64,7 @@ def write_postprocessing_pkl(path: str, kind: str, dataset_json: dict) -> None:
     """nnU-Net's postprocessing.pkl of `kind` at `path` (a new file: an existing one is never replaced)."""
     if os.path.exists(path):
         raise UserError(f"{path} exists; it is left as it is: give another -o")
-    steps = postprocessing_steps(kind, dataset_json)
-    tmp = f"{path}.pid{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(steps, f)
-    os.replace(tmp, path)
+    write_bytes(path, pickle.dumps(postprocessing_steps(kind, dataset_json)))
 
 
 def parser() -> argparse.ArgumentParser:

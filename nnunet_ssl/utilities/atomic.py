@@ -49,13 +49,21 @@ def remove_stale_temp_folders(target: str) -> List[str]:
     return removed
 
 
-def write_text(path: str, text: str) -> None:
+def _write_then_rename(path: str, content, mode: str, **open_args) -> None:
     """A file complete or not at all: a temporary file named after this process (concurrent writers never share
     one), then a rename."""
     tmp = f"{path}.pid{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, mode, **open_args) as f:
+        f.write(content)
     os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    _write_then_rename(path, text, "w", encoding="utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    _write_then_rename(path, data, "wb")
 
 
 def write_json(path: str, content) -> None:
