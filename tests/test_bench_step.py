@@ -28,7 +28,7 @@ def test_floor_counts_the_declared_passes(dataset_2d, nnunet_env):
     assert counts == {"student": [b] * 6, "teacher": [b] * 2} and floor["teacher_student_floor"] > 0
 
     counts = {}
-    two_nets = _build("nnUNetTrainerDualNet")  # 2 passes through each of two networks, no teacher
+    two_nets = _build("nnUNetTrainerDualNet_Paper")  # 2 passes through each of two networks, no teacher
     for name, member in unwrap(two_nets.network).members.items():
         _count_forwards(member, counts, name)
     compute_floor(two_nets, repeats=1)

@@ -130,10 +130,11 @@ TWO_D_ONLY = {"nnUNetTrainerUAMT_AMT", "nnUNetTrainerUAMT_LiteralWeighting", "nn
               "nnUNetTrainerMIRAU_NoUncertaintyMask", "nnUNetTrainerMIRAU_NoMIM", "nnUNetTrainerMIRAU_NoEntropy",
               "nnUNetTrainerMIRAU_MeanTargetDice", "nnUNetTrainerMIRAU_MeanTargetWeakView",
               "nnUNetTrainerMIRAU_MeanTargetLabeledMix", "nnUNetTrainerSGRS_WeakMix", "nnUNetTrainerUAMT_LabeledMix",
-              "nnUNetTrainerDualNet_LabeledMix"}
+              "nnUNetTrainerDualNet_Paper"}
 # a longer round 0 of self-training, nothing else: the suite's 2 epochs cannot hold its two rounds at these shares
 # (tests/test_self_training.py checks their split of a real budget; the parent's contract covers their code)
-NOT_IN_CONTRACT = {"nnUNetTrainerSelfTraining_Round0Share75", "nnUNetTrainerSelfTraining_Round0Share90"}
+NOT_IN_CONTRACT = {"nnUNetTrainerSelfTraining_Round0Share75", "nnUNetTrainerSelfTraining_Round0Share90",
+                   "nnUNetTrainerDualNet_LabeledMix"}  # and the default DualNet's old name: the same class body
 
 
 @pytest.mark.parametrize("name,dim", [(name, dim) for name in trainer_names() for dim in (2, 3)

@@ -16,7 +16,7 @@ from nnunet_ssl.components.cross_supervision import (class_prototypes, entropy_f
 from nnunet_ssl.components.uncertainty import entropy
 
 DUALNET = "nnUNetTrainerDualNet"
-LABELED_MIX = "nnUNetTrainerDualNet_LabeledMix"
+PAPER = "nnUNetTrainerDualNet_Paper"
 
 
 # ---------------------------------------------------------------------- the entropy mask
@@ -175,7 +175,7 @@ def test_winner_is_the_lower_supervised_loss(dataset_2d):
         trainer.on_train_end()
 
 
-@pytest.mark.parametrize("name,winner", [(DUALNET, "a"), (DUALNET, "b"), (LABELED_MIX, "a")])
+@pytest.mark.parametrize("name,winner", [(DUALNET, "a"), (DUALNET, "b"), (PAPER, "a")])
 def test_each_term_trains_its_network_and_not_its_target_provider(dataset_2d, monkeypatch, name, winner):
     """Measured on the terms' values, whatever their registration says: CPS_k moves network k only, the KL and
     prototype terms move the loser only; the lambda_c-weighted total as well."""
@@ -208,20 +208,23 @@ def test_each_term_trains_its_network_and_not_its_target_provider(dataset_2d, mo
     assert out["a_wins"] == float(winner == "a") and 0.0 < out["ignored_fraction"] <= 0.2 + 1e-6
 
 
-def test_labeled_mix_learns_on_the_blend_and_takes_its_targets_from_the_unlabeled_image(dataset_2d):
-    """_LabeledMix: both networks learn on lam x_u + (1 - lam) x_l (lam >= 0.5, one per sample); the targets are
-    both networks' no-grad predictions of x_u itself. DualNet's own targets are its learning pass, detached."""
+def test_default_learns_on_the_labeled_blend_and_takes_its_targets_from_the_unlabeled_image(dataset_2d):
+    """The default (and its old name _LabeledMix): both networks learn on lam x_u + (1 - lam) x_l (lam >= 0.5, one
+    per sample); the targets are both networks' no-grad predictions of x_u itself. _Paper learns on x_u, and its
+    targets are that learning pass, detached."""
     from nnunet_ssl.architectures.common import full_resolution
-    from nnunet_ssl.trainers.nnUNetTrainerDualNet import nnUNetTrainerDualNet, nnUNetTrainerDualNet_LabeledMix
+    from nnunet_ssl.trainers.nnUNetTrainerDualNet import (nnUNetTrainerDualNet, nnUNetTrainerDualNet_LabeledMix,
+                                                          nnUNetTrainerDualNet_Paper)
 
     x_u, x_l = torch.zeros(6, 1, 8, 8), torch.ones(2, 1, 8, 8)
-    assert nnUNetTrainerDualNet.unlabeled_views(None, x_u, x_l) == (x_u, None)
-    x_learn, x_target = nnUNetTrainerDualNet_LabeledMix.unlabeled_views(
-        object.__new__(nnUNetTrainerDualNet_LabeledMix), x_u, x_l)
-    assert x_target is x_u
-    assert_blended_with_labeled(x_learn)
+    assert nnUNetTrainerDualNet_Paper.unlabeled_views(object.__new__(nnUNetTrainerDualNet_Paper), x_u, x_l) == \
+        (x_u, None)
+    for cls in (nnUNetTrainerDualNet, nnUNetTrainerDualNet_LabeledMix):
+        x_learn, x_target = cls.unlabeled_views(object.__new__(cls), x_u, x_l)
+        assert x_target is x_u
+        assert_blended_with_labeled(x_learn)
 
-    trainer = build(dataset_2d, LABELED_MIX)
+    trainer = build(dataset_2d)
     try:
         x_u = torch.randn(2, trainer.num_input_channels, *trainer.configuration_manager.patch_size)
         targets = trainer.target_logits(None, x_u)
