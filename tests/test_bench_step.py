@@ -45,6 +45,26 @@ def test_step_memory_in_a_fresh_process_and_its_columns(dataset_2d, nnunet_env):
     assert "step memory (GiB) | memory ratio |" in table and "| 2.00 | 2.00 |" in table
 
 
+def test_memory_only_skips_the_timing(monkeypatch, capsys):
+    """--iters 0 --peak-memory: no trainer is timed (timing keeps them all alive in one process), only the fresh-
+    process probes run; --iters 0 alone is refused."""
+    import pytest
+    from nnunet_ssl.evaluation import bench_step
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed although --iters 0")
+
+    monkeypatch.setattr(bench_step, "bench", no_timing)
+    monkeypatch.setattr(bench_step, "step_memory", lambda d, c, name, f, **kw: {"A": 2 ** 30, "B": 3 * 2 ** 30}[name])
+    bench_step.main(["-d", "801", "-c", "3d_fullres", "-tr", "A", "B", "--iters", "0", "--peak-memory"])
+    out = capsys.readouterr().out
+    assert "| trainer | step memory (GiB) | memory ratio |" in out and "| B | 3.00 | 3.00 |" in out
+    assert "s/iter" not in out and "compute floor" not in out
+    with pytest.raises(SystemExit):
+        bench_step.main(["-d", "801", "-c", "2d", "--iters", "0"])
+    assert "0 together with --peak-memory" in capsys.readouterr().err
+
+
 def test_timed_phase_is_the_one_step_cost_describes(dataset_2d, nnunet_env):
     """MIRA-U is timed in its semi-supervised phase (entered as a training enters it), not in the pretraining
     phase its training starts with; a pretraining-only trainer stays in its one phase."""

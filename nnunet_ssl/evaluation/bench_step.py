@@ -219,21 +219,26 @@ def step_memory(dataset: str, configuration: str, name: str, fold="0", steps: in
 
 
 def format_results(results: Dict[str, dict], reference: str) -> str:
-    ref = results[reference]["s_per_iter"]
-    floor_ref = results[reference]["supervised_fwd_bwd"]
+    """The markdown table: timings and floors (when timed), step memory and its ratio (when measured)."""
+    timed = all("s_per_iter" in r for r in results.values())
     memory = all("step_memory" in r for r in results.values())
-    header = "| trainer | phase timed | s/iter (median) | ratio to " + reference + " | compute floor ratio |"
-    lines = [header + (" step memory (GiB) | memory ratio |" if memory else ""),
-             "|---|---|---|---|---|" + ("---|---|" if memory else "")]
+    header = ["trainer"]
+    if timed:
+        header += ["phase timed", "s/iter (median)", f"ratio to {reference}", "compute floor ratio"]
+    if memory:
+        header += ["step memory (GiB)", "memory ratio"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ref = results[reference]
     for name, r in results.items():
-        floor = 1.0 if name == reference else r["teacher_student_floor"] / floor_ref
-        line = (f"| {name} | {r.get('phase', 'training')} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / ref:.2f} | "
-                f"{floor:.2f} |")
+        cells = [name]
+        if timed:
+            floor = 1.0 if name == reference else r["teacher_student_floor"] / ref["supervised_fwd_bwd"]
+            cells += [r.get("phase", "training"), f"{r['s_per_iter']:.3f}", f"{r['s_per_iter'] / ref['s_per_iter']:.2f}",
+                      f"{floor:.2f}"]
         if memory:
-            ratio = r["step_memory"] / results[reference]["step_memory"] if results[reference]["step_memory"] else \
-                float("nan")
-            line += f" {r['step_memory'] / 2 ** 30:.2f} | {ratio:.2f} |"
-        lines.append(line)
+            ratio = r["step_memory"] / ref["step_memory"] if ref["step_memory"] else float("nan")
+            cells += [f"{r['step_memory'] / 2 ** 30:.2f}", f"{ratio:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -247,7 +252,9 @@ def parser() -> argparse.ArgumentParser:
                         "nnUNetTrainerMeanTeacher)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", default="0", help="fold whose training cases feed the data loaders (default: 0)")
-    p.add_argument("--iters", type=int, default=20, help="timed iterations per trainer (default: 20)")
+    p.add_argument("--iters", type=int, default=20,
+                   help="timed iterations per trainer (default: 20); 0 with --peak-memory: memory only (the timing "
+                        "keeps every trainer alive in one process, too much for a 3D plan on a CPU machine)")
     p.add_argument("--blocks", type=int, default=2,
                    help="the timed iterations run in this many interleaved blocks per trainer (default: 2)")
     p.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -258,13 +265,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    a = parser().parse_args(argv)
-    results = bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device, plans=a.p)
+    p = parser()
+    a = p.parse_args(argv)
+    if a.iters < 0 or (a.iters == 0 and not a.peak_memory):
+        p.error("--iters must be positive, or 0 together with --peak-memory (memory only)")
+    results = (bench(a.d, a.c, a.tr, a.f, a.iters, blocks=a.blocks, device=a.device, plans=a.p) if a.iters
+               else {name: {} for name in a.tr})
     if a.peak_memory:
         for name in a.tr:
             results[name]["step_memory"] = step_memory(a.d, a.c, name, a.f, device=a.device, plans=a.p)
     print(format_results(results, a.tr[0]))
-    print("compute floor ratio: the floor each trainer declares (step_cost: student fwd+bwd passes per trained "
-          "network, no-grad teacher passes) over nnUNetTrainer's fwd+bwd, random tensors" +
-          ("; step memory: peak above the memory held before the first step, one process per trainer"
-           if a.peak_memory else ""))
+    notes = (["compute floor ratio: the floor each trainer declares (step_cost: student fwd+bwd passes per trained "
+              "network, no-grad teacher passes) over nnUNetTrainer's fwd+bwd, random tensors"] if a.iters else []) + \
+        (["step memory: peak above the memory held before the first step, one process per trainer"]
+         if a.peak_memory else [])
+    print("; ".join(notes))
