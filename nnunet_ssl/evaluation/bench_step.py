@@ -233,8 +233,8 @@ def format_results(results: Dict[str, dict], reference: str) -> str:
         cells = [name]
         if timed:
             floor = 1.0 if name == reference else r["teacher_student_floor"] / ref["supervised_fwd_bwd"]
-            cells += [r.get("phase", "training"), f"{r['s_per_iter']:.3f}", f"{r['s_per_iter'] / ref['s_per_iter']:.2f}",
-                      f"{floor:.2f}"]
+            cells += [r.get("phase", "training"), f"{r['s_per_iter']:.3f}",
+                      f"{r['s_per_iter'] / ref['s_per_iter']:.2f}", f"{floor:.2f}"]
         if memory:
             ratio = r["step_memory"] / ref["step_memory"] if ref["step_memory"] else float("nan")
             cells += [f"{r['step_memory'] / 2 ** 30:.2f}", f"{ratio:.2f}"]
