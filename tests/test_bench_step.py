@@ -1,6 +1,7 @@
 """bench-step's compute floor follows what each trainer declares (step_cost, optimized_modules, teacher)."""
 import math
 
+import pytest
 import torch
 
 from nnunet_ssl.architectures.common import unwrap
@@ -48,7 +49,6 @@ def test_step_memory_in_a_fresh_process_and_its_columns(dataset_2d, nnunet_env):
 def test_memory_only_skips_the_timing(monkeypatch, capsys):
     """--iters 0 --peak-memory: no trainer is timed (timing keeps them all alive in one process), only the fresh-
     process probes run; --iters 0 alone is refused."""
-    import pytest
     from nnunet_ssl.evaluation import bench_step
 
     def no_timing(*args, **kwargs):
