@@ -276,6 +276,6 @@ class nnUNetTrainerUAMT_LabeledMix(nnUNetTrainerUAMT):
 
 class nnUNetTrainerUAMT_LabeledMixFullWeight(nnUNetTrainerUAMT_LabeledMix):
     """The labeled mix-up with lambda's maximum at 1 instead of UCMT's 0.1. At 0.1 L_u barely moves the student and
-    UAMT tied nnUNetTrainer on PH2 (README); the paper's eq. 4-5 weight L_u as much as L_s, and at weight 1 the
+    UAMT tied nnUNetTrainer on PH2 (README); the paper's eq. 4-5 weigh L_u comparably to L_s, and at weight 1 the
     mix-up is what kept SGRS's and MIRA-U's pseudo labels from shrinking."""
     unsupervised_weight = 1.0
