@@ -206,6 +206,9 @@ def test_summary_pools_the_paired_difference_and_counts_failed_cases_per_draw_ov
     assert c["draws x runs"] == "1 x 1" and c["better / worse > 5 (larger)"] == "0 / 1"
     assert c["failed / nnUNetTrainer's, per draw"] == "2 / 2" and c["worse > 5 per 20 pairs"] == "6.7"
     assert by_trainer["nnUNetTrainer"][header[5]] == ""  # the reference is not paired with itself
+    incomplete = summary_cells(repeat_summary([r for r in rows if (r["trainer"], r["draw"], r["run"]) != ("B", 2, 2)]),
+                               statistics)[1]
+    assert {row[0]: row[1] for row in incomplete}["B"] == "2 x 2 (3 of 4)"  # draw 2 lacks its run 2
 
 
 def test_different_case_sets_are_not_paired_with_a_warning_or_an_error(capsys):

@@ -294,7 +294,7 @@ def summary_cells(summary: Sequence[dict], statistics: Sequence[dict]):
     for r in summary:
         key = (r["trainer"], r["evaluation"])
         s = pooled.get(key)
-        row = [r["trainer"], f"{len(r['draws'])} x {len(r['runs'])}",
+        row = [r["trainer"], _grid(r),
                f"{r['Dice_mean_mean']:.4f} ± {r['Dice_mean_std']:.4f}", f"{r['Dice_median_mean']:.4f}",
                " / ".join(f"{v:g}" for v in r["failed_cases_per_draw"].values())]
         if s is None:
@@ -318,6 +318,13 @@ SUMMARY_NOTE = (f"Results: mean ± std over the draws and runs of each result's 
                 f"/ below the reference, (larger): of those, the pairs the trainer segments larger than the "
                 f"reference; failed per draw: the trainer's and the reference's failed cases summed over the runs of "
                 f"that draw both have.")
+
+
+def _grid(summary: dict) -> str:
+    """'draws x runs', with the count of results where some draw lacks a run (a resumable benchmark cut short)."""
+    grid = f"{len(summary['draws'])} x {len(summary['runs'])}"
+    expected = len(summary["draws"]) * len(summary["runs"])
+    return grid if summary["n_results"] == expected else f"{grid} ({summary['n_results']} of {expected})"
 
 
 def _per_case(row: dict) -> Dict[str, float]:
