@@ -129,7 +129,8 @@ TWO_D_ONLY = {"nnUNetTrainerUAMT_AMT", "nnUNetTrainerUAMT_LiteralWeighting", "nn
               "nnUNetTrainerMeanTeacherDropout", "nnUNetTrainerMeanTeacherLongRamp",
               "nnUNetTrainerMIRAU_NoUncertaintyMask", "nnUNetTrainerMIRAU_NoMIM", "nnUNetTrainerMIRAU_NoEntropy",
               "nnUNetTrainerMIRAU_MeanTargetDice", "nnUNetTrainerMIRAU_MeanTargetWeakView",
-              "nnUNetTrainerMIRAU_MeanTargetLabeledMix", "nnUNetTrainerSGRS_WeakMix", "nnUNetTrainerUAMT_LabeledMix",
+              "nnUNetTrainerMIRAU_MeanTargetLabeledMix", "nnUNetTrainerMIRAU_MeanTargetLabeledMixDice",
+              "nnUNetTrainerSGRS_WeakMix", "nnUNetTrainerUAMT_LabeledMix",
               "nnUNetTrainerUAMT_LabeledMixFullWeight", "nnUNetTrainerDualNet_Paper"}
 # a longer round 0 of self-training, nothing else: the suite's 2 epochs cannot hold its two rounds at these shares
 # (tests/test_self_training.py checks their split of a real budget; the parent's contract covers their code)

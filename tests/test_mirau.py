@@ -294,9 +294,11 @@ def test_variant_ablations_and_cost():
     assert nnUNetTrainerMIRAU_MeanTarget.mean_target and nnUNetTrainerMIRAU_NoUncertaintyMask.tau_u is None
     assert nnUNetTrainerMIRAU_NoMIM.mim_fraction == 0 and nnUNetTrainerMIRAU_NoEntropy.gamma == 0
     assert "entropy_loss" not in nnUNetTrainerMIRAU_NoEntropy.unsupervised_terms
-    from nnunet_ssl.trainers.nnUNetTrainerMIRAU import nnUNetTrainerMIRAU_MeanTargetDice
-    assert nnUNetTrainerMIRAU.lambda_dice == 0 and nnUNetTrainerMIRAU_MeanTargetDice.lambda_dice == 1.0
-    assert nnUNetTrainerMIRAU_MeanTargetDice.mean_target
+    from nnunet_ssl.trainers.nnUNetTrainerMIRAU import (nnUNetTrainerMIRAU_MeanTargetDice,
+                                                        nnUNetTrainerMIRAU_MeanTargetLabeledMixDice)
+    assert nnUNetTrainerMIRAU.lambda_dice == 0
+    for dice_variant in (nnUNetTrainerMIRAU_MeanTargetDice, nnUNetTrainerMIRAU_MeanTargetLabeledMixDice):
+        assert dice_variant.lambda_dice == 1.0 and dice_variant.mean_target
 
 
 def test_labeled_mix_variant_blends_the_strong_view_only():
