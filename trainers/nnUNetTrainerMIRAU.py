@@ -209,7 +209,7 @@ class nnUNetTrainerMIRAU_MeanTargetLabeledMix(nnUNetTrainerMIRAU_MeanTarget):
 class nnUNetTrainerMIRAU_MeanTargetLabeledMixDice(nnUNetTrainerMIRAU_MeanTargetLabeledMix):
     """A diagnostic, not the paper: the labeled mix-up with nnU-Net's soft Dice beside the soft CE (as _MeanTargetDice).
     The one UAMT form that gains on PH2 (_LabeledMixFullWeight) learns its pseudo labels with CE + Dice at the
-    supervised loss's weight; MIRA-U's CE alone, over the m w-weighted voxels, moves the student far less. Without
+    supervised loss's weight; MIRA-U's CE alone, over the m w-weighted voxels, may move the student less. Without
     the mix-up the Dice term did not stop the shrinking (_MeanTargetDice); this asks whether the two together gain.
     In one PH2 run they gain as the mix-up alone does (+1.03 against +1.14 Dice points) and segment smaller (README)."""
     lambda_dice = 1.0
